@@ -1,0 +1,266 @@
+//! The command-line interface: clap definitions and what each command does with them.
+//! `--json` prints one JSON object as the last line of stdout; human text goes to stderr.
+use crate::checkpoint;
+use crate::config::{Config, DeviceChoice, Precision};
+use crate::data::DataSpec;
+use crate::export;
+use crate::model::{Arch, SimClr, Stem};
+use crate::optim::{LrScaling, OptimizerKind};
+use crate::shim;
+use crate::train;
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "simclr", version, about = "SimCLR contrastive pre-training of image encoders on libtorch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the libtorch build, devices and compiled-in backends.
+    Info {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pre-train an encoder (flags override --config; the resolved config goes to OUT/config.json).
+    Train(Box<TrainArgs>),
+    /// Export the encoder of a checkpoint.
+    Export {
+        /// Checkpoint file (a run's checkpoints/last.pt or epoch-NNNN.pt).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Torchscript)]
+        format: ExportFormat,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// Traced encoder f (eval mode), for torch.jit.load / tch::CModule.
+    Torchscript,
+}
+
+/// `simclr train` flags; each one overrides the same field of the configuration.
+#[derive(Args)]
+struct TrainArgs {
+    /// JSON configuration file (absent keys take the defaults).
+    #[arg(long, group = "overrides")]
+    config: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint, with its saved config.
+    #[arg(long, conflicts_with_all = ["out", "overrides"])]
+    resume: Option<PathBuf>,
+    /// Run directory [default: runs/<date>-<time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Dataset: synthetic (built in) [default: synthetic].
+    #[arg(long, group = "overrides")]
+    data: Option<DataSpec>,
+    /// Encoder architecture [default: resnet18].
+    #[arg(long, group = "overrides", value_enum)]
+    arch: Option<Arch>,
+    /// Width multiplier of the encoder [default: 0.25].
+    #[arg(long, group = "overrides")]
+    width: Option<f64>,
+    /// First layer: auto = CIFAR stem for images <= 32 px [default: auto].
+    #[arg(long, group = "overrides", value_enum)]
+    stem: Option<Stem>,
+    /// Linear layers in the projection head [default: 2].
+    #[arg(long, group = "overrides")]
+    head_layers: Option<usize>,
+    /// Hidden width of the projection head [default: width of h].
+    #[arg(long, group = "overrides")]
+    head_hidden: Option<i64>,
+    /// Output width of the projection head [default: 128].
+    #[arg(long, group = "overrides")]
+    proj_dim: Option<i64>,
+    /// Epochs [default: 15].
+    #[arg(long, group = "overrides")]
+    epochs: Option<usize>,
+    /// Images per step; the loss sees twice as many views [default: 256].
+    #[arg(long, group = "overrides")]
+    batch_size: Option<usize>,
+    /// Side of the square training views in pixels [default: 32].
+    #[arg(long, group = "overrides")]
+    image_size: Option<usize>,
+    /// Train on the first N images only [default: all].
+    #[arg(long, group = "overrides")]
+    max_train_images: Option<usize>,
+    /// Monitor on the first N test images only [default: all].
+    #[arg(long, group = "overrides")]
+    max_test_images: Option<usize>,
+    /// Base learning rate, scaled by the batch (see --lr-scaling) [default: 1.0].
+    #[arg(long, group = "overrides")]
+    lr: Option<f64>,
+    /// linear: lr x B/256; sqrt: lr x sqrt(B) [default: linear].
+    #[arg(long, group = "overrides", value_enum)]
+    lr_scaling: Option<LrScaling>,
+    /// Optimiser [default: lars].
+    #[arg(long, group = "overrides", value_enum)]
+    optimizer: Option<OptimizerKind>,
+    /// Weight decay, not applied to batch-norm and bias parameters [default: 1e-4].
+    #[arg(long, group = "overrides")]
+    weight_decay: Option<f64>,
+    /// Linear warm-up length in epochs [default: 1].
+    #[arg(long, group = "overrides")]
+    warmup_epochs: Option<f64>,
+    /// NT-Xent temperature [default: 0.5].
+    #[arg(long, group = "overrides")]
+    temperature: Option<f64>,
+    /// Seed of initialisation, shuffling and augmentation [default: 0].
+    #[arg(long, group = "overrides")]
+    seed: Option<u64>,
+    /// Loader threads [default: 2].
+    #[arg(long, group = "overrides")]
+    workers: Option<usize>,
+    /// kNN monitor every N epochs, 0 = only before and after training [default: 5].
+    #[arg(long, group = "overrides")]
+    knn_every: Option<usize>,
+    /// Log scalars every N steps [default: 10].
+    #[arg(long, group = "overrides")]
+    log_every: Option<usize>,
+    /// auto, cpu, cuda or cuda:N [default: auto].
+    #[arg(long, group = "overrides")]
+    device: Option<DeviceChoice>,
+    /// Forward/backward precision; the loss is always f32 [default: fp32].
+    #[arg(long, group = "overrides", value_enum)]
+    precision: Option<Precision>,
+    /// Print a JSON summary as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl TrainArgs {
+    /// The configuration with every given flag applied over `cfg`.
+    fn apply(&self, mut cfg: Config) -> Config {
+        fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+            if let Some(v) = flag {
+                *field = v.clone();
+            }
+        }
+        set(&mut cfg.data.spec, &self.data);
+        set(&mut cfg.model.arch, &self.arch);
+        set(&mut cfg.model.width, &self.width);
+        set(&mut cfg.model.stem, &self.stem);
+        set(&mut cfg.model.head_layers, &self.head_layers);
+        if self.head_hidden.is_some() {
+            cfg.model.head_hidden = self.head_hidden;
+        }
+        set(&mut cfg.model.proj_dim, &self.proj_dim);
+        set(&mut cfg.run.epochs, &self.epochs);
+        set(&mut cfg.run.batch_size, &self.batch_size);
+        set(&mut cfg.data.image_size, &self.image_size);
+        if self.max_train_images.is_some() {
+            cfg.data.max_train_images = self.max_train_images;
+        }
+        if self.max_test_images.is_some() {
+            cfg.data.max_test_images = self.max_test_images;
+        }
+        set(&mut cfg.optim.lr, &self.lr);
+        set(&mut cfg.optim.lr_scaling, &self.lr_scaling);
+        set(&mut cfg.optim.optimizer, &self.optimizer);
+        set(&mut cfg.optim.weight_decay, &self.weight_decay);
+        set(&mut cfg.optim.warmup_epochs, &self.warmup_epochs);
+        set(&mut cfg.objective.temperature, &self.temperature);
+        set(&mut cfg.run.seed, &self.seed);
+        set(&mut cfg.data.workers, &self.workers);
+        set(&mut cfg.run.knn_every, &self.knn_every);
+        set(&mut cfg.run.log_every, &self.log_every);
+        set(&mut cfg.run.device, &self.device);
+        set(&mut cfg.run.precision, &self.precision);
+        cfg
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> Result<()> {
+    match Cli::parse().command {
+        Command::Info { json } => info(json),
+        Command::Train(args) => train_command(&args),
+        Command::Export { checkpoint, format, out } => export_command(&checkpoint, format, &out),
+    }
+}
+
+fn info(as_json: bool) -> Result<()> {
+    let report = json!({
+        "simclr_version": env!("CARGO_PKG_VERSION"),
+        "torch_version": shim::torch_version(),
+        "cuda_available": tch::Cuda::is_available(),
+        "cuda_device_count": tch::Cuda::device_count(),
+        "cudnn_available": tch::Cuda::cudnn_is_available(),
+        "cudnn_version": shim::cudnn_version()?,
+        "threads": tch::get_num_threads(),
+        "gloo": shim::has_gloo(),
+        "nccl": shim::has_nccl(),
+        "nccl_version": shim::nccl_version(),
+    });
+    if as_json {
+        println!("{report}");
+    } else if let Some(fields) = report.as_object() {
+        for (key, value) in fields {
+            println!("{key:>18}: {value}");
+        }
+    }
+    Ok(())
+}
+
+fn train_command(args: &TrainArgs) -> Result<()> {
+    let (cfg, run_dir, resume) = match &args.resume {
+        Some(dir) => {
+            let ckpt = checkpoint::load(&checkpoint::last_path(dir), tch::Device::Cpu).with_context(|| format!("resuming {}", dir.display()))?;
+            (ckpt.meta.config.clone(), dir.clone(), Some(ckpt))
+        }
+        None => {
+            let base = match &args.config {
+                Some(path) => Config::from_file(path)?,
+                None => Config::default(),
+            };
+            let run_dir = args.out.clone().unwrap_or_else(default_run_dir);
+            (args.apply(base), run_dir, None)
+        }
+    };
+    let summary = train::run(&cfg, &run_dir, resume)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+fn export_command(checkpoint_path: &Path, format: ExportFormat, out: &Path) -> Result<()> {
+    let ckpt = checkpoint::load(checkpoint_path, tch::Device::Cpu)?;
+    let cfg = &ckpt.meta.config;
+    let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = SimClr::new(&vs.root(), &cfg.model, cfg.data.image_size);
+    checkpoint::restore_variables(&vs.variables(), &ckpt.model).with_context(|| format!("loading {}", checkpoint_path.display()))?;
+    match format {
+        ExportFormat::Torchscript => export::torchscript(&mut vs, &model.encoder, cfg.data.image_size, out)?,
+    }
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// `runs/YYYYMMDD-HHMMSS` (UTC) for a run started now.
+fn default_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    PathBuf::from(format!("runs/{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60))
+}

@@ -1,0 +1,266 @@
+//! The resolved run configuration: one serde structure with nested parts, read from an
+//! optional JSON file, overridden by command-line flags, validated, and written to the run
+//! directory (`config.json`) and into every checkpoint.
+//!
+//! The defaults are the built-in default run: a width-1/4 ResNet-18 pre-trained on the
+//! synthetic dataset in a few minutes on two CPU cores, with the paper's CIFAR recipe otherwise
+//! (LARS, temperature 0.5, colour strength 0.5, no blur; SimCLR Appendix B.9).
+use crate::data::{augment::AugmentConfig, DataSpec};
+use crate::model::ModelConfig;
+use crate::optim::OptimConfig;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+/// Everything that determines a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub objective: ObjectiveConfig,
+    pub optim: OptimConfig,
+    pub run: RunConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            model: ModelConfig { width: 0.25, ..Default::default() },
+            data: DataConfig::default(),
+            objective: ObjectiveConfig::default(),
+            optim: OptimConfig::default(),
+            run: RunConfig::default(),
+        }
+    }
+}
+
+/// Dataset, input size, augmentation and loader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// `synthetic` (built in), later `cifar10:DIR`, `stl10:DIR`, `folder:DIR`, ...
+    pub spec: DataSpec,
+    /// Side of the square views fed to the encoder.
+    pub image_size: usize,
+    /// Use only the first N training images (None: all).
+    pub max_train_images: Option<usize>,
+    /// Use only the first N test images for the kNN monitor (None: all).
+    pub max_test_images: Option<usize>,
+    /// Loader threads.
+    pub workers: usize,
+    /// Batches prepared ahead of the training step.
+    pub prefetch: usize,
+    pub augment: AugmentConfig,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            spec: DataSpec::Synthetic,
+            image_size: 32,
+            max_train_images: None,
+            max_test_images: None,
+            workers: 2,
+            prefetch: 4,
+            augment: AugmentConfig::default(),
+        }
+    }
+}
+
+/// The contrastive loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    /// NT-Xent temperature τ: 0.1 on ImageNet, 0.5 in the CIFAR recipe.
+    pub temperature: f64,
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        ObjectiveConfig { temperature: 0.5 }
+    }
+}
+
+/// Length, batch, seed, monitoring and hardware of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    pub epochs: usize,
+    /// Images per step (each gives two views, so the loss sees 2 x batch_size views).
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Run the kNN monitor every this many epochs (0: only before and after training).
+    pub knn_every: usize,
+    /// Neighbours of the kNN monitor (200 as in lightly and InstDisc).
+    pub knn_k: usize,
+    /// Log scalars every this many steps.
+    pub log_every: usize,
+    /// Keep a copy of the checkpoint every this many epochs (0: only `last.pt`).
+    pub checkpoint_every: usize,
+    pub device: DeviceChoice,
+    pub precision: Precision,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            epochs: 15,
+            batch_size: 256,
+            seed: 0,
+            knn_every: 5,
+            knn_k: 200,
+            log_every: 10,
+            checkpoint_every: 5,
+            device: DeviceChoice::Auto,
+            precision: Precision::Fp32,
+        }
+    }
+}
+
+/// Where to train: the first GPU when there is one (`auto`), the CPU, or a given GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    /// The tch device, failing when CUDA is asked for but absent.
+    pub fn resolve(self) -> Result<tch::Device> {
+        let gpus = tch::Cuda::device_count() as usize;
+        match self {
+            DeviceChoice::Auto => Ok(if gpus > 0 { tch::Device::Cuda(0) } else { tch::Device::Cpu }),
+            DeviceChoice::Cpu => Ok(tch::Device::Cpu),
+            DeviceChoice::Cuda(i) if i < gpus => Ok(tch::Device::Cuda(i)),
+            DeviceChoice::Cuda(i) => bail!("device cuda:{i} requested but {gpus} CUDA device(s) are visible"),
+        }
+    }
+}
+
+impl FromStr for DeviceChoice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(i)) => Ok(DeviceChoice::Cuda(i)),
+                _ => bail!("unknown device '{s}' (expected auto, cpu, cuda or cuda:N)"),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(d: DeviceChoice) -> String {
+        d.to_string()
+    }
+}
+
+/// Numeric precision of the forward/backward pass; the loss is always computed in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    /// bf16 autocast (convolutions and matmuls in bf16, reductions in f32).
+    Bf16,
+}
+
+impl Config {
+    /// Reads a JSON configuration; absent keys take their defaults, unknown keys are refused.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("config {} is not a valid configuration", path.display()))
+    }
+
+    /// Rejects values that cannot train, naming the field and the value.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.optim.validate()?;
+        self.data.augment.validate()?;
+        let (data, run) = (&self.data, &self.run);
+        if data.image_size < 8 {
+            bail!("data.image_size must be >= 8, got {}", data.image_size);
+        }
+        if data.workers == 0 || data.prefetch == 0 {
+            bail!("data.workers and data.prefetch must be >= 1, got {} and {}", data.workers, data.prefetch);
+        }
+        if !(self.objective.temperature > 0.0 && self.objective.temperature.is_finite()) {
+            bail!("objective.temperature must be > 0, got {}", self.objective.temperature);
+        }
+        if run.batch_size < 2 {
+            bail!("run.batch_size must be >= 2 (the other images are the negatives), got {}", run.batch_size);
+        }
+        if run.epochs == 0 {
+            bail!("run.epochs must be >= 1");
+        }
+        if run.knn_k == 0 || run.log_every == 0 {
+            bail!("run.knn_k and run.log_every must be >= 1, got {} and {}", run.knn_k, run.log_every);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() -> Result<()> {
+        let cfg = Config::default();
+        cfg.validate()?;
+        let back: Config = serde_json::from_str(&serde_json::to_string(&cfg)?)?;
+        assert_eq!(back, cfg);
+        Ok(())
+    }
+
+    #[test]
+    fn partial_file_takes_defaults_and_unknown_keys_fail() -> Result<()> {
+        let cfg: Config = serde_json::from_str(r#"{"run": {"epochs": 3}, "model": {"arch": "resnet50"}}"#)?;
+        assert_eq!(cfg.run.epochs, 3);
+        assert_eq!(cfg.run.batch_size, RunConfig::default().batch_size);
+        let err = serde_json::from_str::<Config>(r#"{"run": {"epochz": 3}}"#).unwrap_err().to_string();
+        assert!(err.contains("epochz"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn devices_parse() -> Result<()> {
+        assert_eq!("cuda:3".parse::<DeviceChoice>()?, DeviceChoice::Cuda(3));
+        assert!("gpu".parse::<DeviceChoice>().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let mut cfg = Config::default();
+        cfg.objective.temperature = 0.0;
+        assert!(cfg.validate().unwrap_err().to_string().contains("objective.temperature"));
+        let mut cfg = Config::default();
+        cfg.run.batch_size = 1;
+        assert!(cfg.validate().unwrap_err().to_string().contains("run.batch_size"));
+    }
+}

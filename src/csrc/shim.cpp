@@ -1,0 +1,88 @@
+// The C++ shim: only what tch cannot reach. Every function is `extern "C"`, never lets a C++
+// exception cross into Rust (each one is caught and returned as a heap string that the caller
+// frees with simclr_free_error), and has a safe wrapper in src/shim.rs.
+#include <torch/torch.h>
+#include <torch/version.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+
+#ifdef USE_C10D_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#include <nccl.h>
+#endif
+
+#include <cstring>
+#include <exception>
+
+namespace {
+char* error_string(const char* message) { return strdup(message); }
+}  // namespace
+
+#define SHIM_TRY try {
+#define SHIM_CATCH                                    \
+  }                                                   \
+  catch (const std::exception& e) {                   \
+    return error_string(e.what());                    \
+  }                                                   \
+  catch (...) {                                       \
+    return error_string("unknown C++ exception");     \
+  }                                                   \
+  return nullptr;
+
+extern "C" {
+
+void simclr_free_error(char* error) { free(error); }
+
+// The libtorch version the shim was compiled against, e.g. "2.11.0".
+const char* simclr_torch_version() { return TORCH_VERSION; }
+
+// Whether the distributed backends were compiled in (see build.rs).
+bool simclr_has_gloo() {
+#ifdef USE_C10D_GLOO
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool simclr_has_nccl() {
+#ifdef USE_C10D_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
+
+// NCCL version the shim was compiled against (e.g. 22809), 0 without NCCL.
+int64_t simclr_nccl_version() {
+#ifdef USE_C10D_NCCL
+  return NCCL_VERSION_CODE;
+#else
+  return 0;
+#endif
+}
+
+// cuDNN version seen at run time, 0 when CUDA/cuDNN is absent.
+char* simclr_cudnn_version(int64_t* out) {
+  *out = 0;
+  SHIM_TRY
+  const auto& hooks = at::detail::getCUDAHooks();
+  if (hooks.hasCUDA() && hooks.hasCuDNN()) *out = hooks.versionCuDNN();
+  SHIM_CATCH
+}
+
+// Autocast for one device type ("cpu" or "cuda") with the given dtype (tch only offers
+// fp16 autocast on CUDA; SimCLR trains in bf16). Scalar types use c10::ScalarType codes.
+char* simclr_set_autocast(const char* device_type, bool enabled, int dtype) {
+  SHIM_TRY
+  const auto device = c10::Device(std::string(device_type)).type();
+  at::autocast::set_autocast_enabled(device, enabled);
+  at::autocast::set_autocast_dtype(device, static_cast<at::ScalarType>(dtype));
+  if (!enabled) at::autocast::clear_cache();
+  SHIM_CATCH
+}
+
+}  // extern "C"

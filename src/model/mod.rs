@@ -1,0 +1,150 @@
+//! The SimCLR network: encoder f (a ResNet) and projection head g, with h = f(x) and
+//! z = g(h) kept separately reachable (h is evaluated and exported, z feeds the loss).
+pub mod head;
+pub mod resnet;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// ResNet depth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Resnet18,
+    Resnet34,
+    Resnet50,
+    Resnet101,
+    Resnet152,
+}
+
+/// First layer: ImageNet's 7x7/2 conv + max-pool, or CIFAR's 3x3/1 conv without pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    /// CIFAR stem for images of at most 32 px, ImageNet stem above.
+    Auto,
+    Cifar,
+    Imagenet,
+}
+
+/// Architecture of encoder and projection head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    /// Width multiplier on every layer's channels (SimCLR trains 1x, 2x and 4x ResNet-50s).
+    pub width: f64,
+    pub stem: Stem,
+    /// Linear layers in the projection head (2 = SimCLRv1, 3 = SimCLRv2).
+    pub head_layers: usize,
+    /// Hidden width of the head; `None` = the width of h, as in the paper.
+    pub head_hidden: Option<i64>,
+    /// Output width of the head (128 in the paper).
+    pub proj_dim: i64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            arch: Arch::Resnet18,
+            width: 1.0,
+            stem: Stem::Auto,
+            head_layers: 2,
+            head_hidden: None,
+            proj_dim: 128,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Channels of the stem and first stage: 64 x width, at least 1.
+    pub fn base_channels(&self) -> i64 {
+        ((64.0 * self.width).round() as i64).max(1)
+    }
+
+    /// Rejects values that cannot build a network, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.width > 0.0 && self.width <= 16.0) {
+            bail!("model.width must be in (0, 16], got {}", self.width);
+        }
+        if self.head_layers == 0 || self.head_layers > 8 {
+            bail!("model.head_layers must be in 1..=8, got {}", self.head_layers);
+        }
+        if self.proj_dim < 1 {
+            bail!("model.proj_dim must be >= 1, got {}", self.proj_dim);
+        }
+        if let Some(hidden) = self.head_hidden.filter(|&h| h < 1) {
+            bail!("model.head_hidden must be >= 1, got {hidden}");
+        }
+        Ok(())
+    }
+}
+
+/// Encoder f and projection head g, under the var-store paths `encoder` and `head`.
+#[derive(Debug)]
+pub struct SimClr {
+    pub encoder: resnet::ResNet,
+    pub head: head::ProjectionHead,
+}
+
+impl SimClr {
+    /// Var-store prefix of the encoder's parameters (stripped on export).
+    pub const ENCODER: &'static str = "encoder";
+
+    /// Builds the network for `image_size` inputs.
+    pub fn new(root: &nn::Path, cfg: &ModelConfig, image_size: usize) -> SimClr {
+        let encoder = resnet::ResNet::new(&(root / Self::ENCODER), cfg, image_size);
+        let h_dim = encoder.out_dim();
+        let hidden = cfg.head_hidden.unwrap_or(h_dim);
+        let head = head::ProjectionHead::new(&(root / "head"), h_dim, hidden, cfg.proj_dim, cfg.head_layers);
+        SimClr { encoder, head }
+    }
+
+    /// `[B, 3, S, S]` -> (h `[B, h_dim]`, z `[B, proj_dim]`).
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let h = self.encoder.forward_t(xs, train);
+        let z = self.head.forward_t(&h, train);
+        (h, z)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn build(arch: Arch, image_size: usize) -> (nn::VarStore, SimClr) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig { arch, width: 0.125, ..Default::default() };
+        let model = SimClr::new(&vs.root(), &cfg, image_size);
+        (vs, model)
+    }
+
+    #[test]
+    fn shapes_of_h_and_z() {
+        for (arch, h_dim) in [(Arch::Resnet18, 64), (Arch::Resnet50, 256)] {
+            let (_vs, model) = build(arch, 32);
+            let x = Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu));
+            let (h, z) = model.forward_t(&x, true);
+            assert_eq!(h.size(), [3, h_dim]);
+            assert_eq!(z.size(), [3, 128]);
+        }
+    }
+
+    #[test]
+    fn imagenet_stem_downsamples_by_32() {
+        let (_vs, model) = build(Arch::Resnet18, 64);
+        let x = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+        let (h, _) = model.forward_t(&x, false);
+        assert_eq!(h.size(), [2, 64]);
+    }
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        let cfg = ModelConfig { width: 0.0, ..Default::default() };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("model.width"), "{err}");
+    }
+}

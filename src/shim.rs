@@ -1,0 +1,101 @@
+//! Safe wrappers over the C++ shim (`src/csrc/shim.cpp`): what tch does not expose.
+//!
+//! Every shim call that can fail returns a heap-allocated C string (null on success); this
+//! module turns it into an `anyhow::Error` and frees it, so no C++ exception or raw pointer
+//! ever reaches the rest of the program.
+use anyhow::{bail, Result};
+use std::ffi::{c_char, c_int, CStr, CString};
+
+extern "C" {
+    fn simclr_free_error(error: *mut c_char);
+    fn simclr_torch_version() -> *const c_char;
+    fn simclr_has_gloo() -> bool;
+    fn simclr_has_nccl() -> bool;
+    fn simclr_nccl_version() -> i64;
+    fn simclr_cudnn_version(out: *mut i64) -> *mut c_char;
+    fn simclr_set_autocast(device_type: *const c_char, enabled: bool, dtype: c_int) -> *mut c_char;
+}
+
+/// Turns a shim error string into a Result, freeing the string.
+fn check(error: *mut c_char, what: &str) -> Result<()> {
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null return is a NUL-terminated string from strdup, owned by us.
+    let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+    unsafe { simclr_free_error(error) };
+    bail!("{what}: {message}")
+}
+
+/// The libtorch version the shim was compiled against (e.g. "2.11.0").
+pub fn torch_version() -> String {
+    // SAFETY: returns a pointer to a static string literal.
+    unsafe { CStr::from_ptr(simclr_torch_version()) }.to_string_lossy().into_owned()
+}
+
+/// Whether libtorch's Gloo process group (CPU collectives) was compiled into the shim.
+pub fn has_gloo() -> bool {
+    unsafe { simclr_has_gloo() }
+}
+
+/// Whether libtorch's NCCL process group (GPU collectives) was compiled into the shim.
+pub fn has_nccl() -> bool {
+    unsafe { simclr_has_nccl() }
+}
+
+/// The NCCL version code the shim was compiled against (e.g. 22809), if any.
+pub fn nccl_version() -> Option<i64> {
+    has_nccl().then(|| unsafe { simclr_nccl_version() })
+}
+
+/// cuDNN's run-time version, if CUDA and cuDNN are usable on this machine.
+pub fn cudnn_version() -> Result<Option<i64>> {
+    let mut version = 0i64;
+    check(unsafe { simclr_cudnn_version(&mut version) }, "querying cuDNN")?;
+    Ok((version > 0).then_some(version))
+}
+
+/// Turns autocast on or off for a device type with the given low-precision dtype; tch only
+/// offers fp16 autocast, SimCLR is usually trained in bf16.
+pub fn set_autocast(device: tch::Device, enabled: bool, dtype: tch::Kind) -> Result<()> {
+    let device_type = CString::new(if device.is_cuda() { "cuda" } else { "cpu" })?;
+    // c10::ScalarType codes (c10/core/ScalarType.h).
+    let code = match dtype {
+        tch::Kind::Half => 5,
+        tch::Kind::Float => 6,
+        tch::Kind::BFloat16 => 15,
+        other => bail!("autocast dtype must be f16, f32 or bf16, not {other:?}"),
+    };
+    let error = unsafe { simclr_set_autocast(device_type.as_ptr(), enabled, code) };
+    check(error, "setting autocast")
+}
+
+/// Runs `f` under autocast with `dtype` on `device`'s type (`None`: full precision), switching
+/// autocast off again afterwards even when `f` fails.
+pub fn with_autocast<T>(device: tch::Device, dtype: Option<tch::Kind>, f: impl FnOnce() -> T) -> Result<T> {
+    let Some(dtype) = dtype else { return Ok(f()) };
+    set_autocast(device, true, dtype)?;
+    let out = f();
+    set_autocast(device, false, dtype)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn versions_match_the_linked_libtorch() {
+        assert!(torch_version().starts_with("2.11"), "{}", torch_version());
+    }
+
+    #[test]
+    fn cpu_autocast_runs_matmul_in_bf16() -> Result<()> {
+        let a = Tensor::ones([4, 4], (Kind::Float, Device::Cpu));
+        let inside = with_autocast(Device::Cpu, Some(Kind::BFloat16), || a.matmul(&a).kind())?;
+        assert_eq!(inside, Kind::BFloat16);
+        assert_eq!(a.matmul(&a).kind(), Kind::Float);
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! The training loop: SimCLR pre-training (Chen et al. 2020, Algorithm 1) of encoder f and
+//! head g with NT-Xent, reading top to bottom like nanoGPT's `train.py`:
+//! set-up -> kNN before training -> per step: learning rate, forward both views, loss,
+//! backward, optimiser step, logging -> per epoch: checkpoint, kNN -> export `encoder.pt`.
+//!
+//! GPU->CPU reads happen only at logging points and epoch ends (marked "sync point").
+use crate::checkpoint::{self, Checkpoint, Meta};
+use crate::config::{Config, Precision};
+use crate::data::{self, loader::{LoaderConfig, TwoViewLoader}};
+use crate::eval::knn;
+use crate::export;
+use crate::logging::{epoch_bar, MetricsLogger};
+use crate::model::SimClr;
+use crate::objective::nt_xent;
+use crate::optim::{schedule::scaled_lr, Optimizer, Schedule};
+use crate::shim;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{nn::VarStore, Kind, Tensor};
+
+/// What a finished run reports (the `--json` line of `simclr train`).
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub run_dir: PathBuf,
+    pub encoder: PathBuf,
+    pub steps: u64,
+    pub epochs: u64,
+    /// kNN top-1 of the encoder before the first step (None for a resumed run).
+    pub knn_top1_before: Option<f64>,
+    pub knn_top1: f64,
+    /// Mean loss over the last epoch trained (None if none was trained in this invocation).
+    pub final_loss: Option<f64>,
+    pub seconds: f64,
+}
+
+/// Trains with `cfg` into `run_dir`, continuing from `resume` when given.
+pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<Summary> {
+    let started = Instant::now();
+    cfg.validate()?;
+    let device = cfg.run.device.resolve()?;
+    let autocast = (cfg.run.precision == Precision::Bf16).then_some(Kind::BFloat16);
+    tch::manual_seed(cfg.run.seed as i64);
+    prepare_run_dir(cfg, run_dir, resume.is_some())?;
+
+    // ---- data
+    let splits = data::load(&cfg.data.spec, cfg.run.seed)?;
+    let train_set = Arc::new(splits.train.truncated(cfg.data.max_train_images));
+    let test_set = splits.test.truncated(cfg.data.max_test_images);
+    let image_size = cfg.data.image_size;
+    let loader_cfg = LoaderConfig {
+        batch_size: cfg.run.batch_size,
+        image_size,
+        workers: cfg.data.workers,
+        prefetch: cfg.data.prefetch,
+        seed: cfg.run.seed,
+        rank: 0,
+        world_size: 1,
+    };
+    let loader = TwoViewLoader::new(train_set.clone(), cfg.data.augment.clone(), loader_cfg, device)?;
+    let steps_per_epoch = loader.batches_per_epoch() as u64;
+
+    // ---- model, optimiser, schedule (per step, from the global batch)
+    let mut vs = VarStore::new(device);
+    let model = SimClr::new(&vs.root(), &cfg.model, image_size);
+    let mut optimizer = Optimizer::new(&vs, &cfg.optim);
+    let global_batch = cfg.run.batch_size; // x world size once data parallelism lands
+    let schedule = Schedule {
+        peak: scaled_lr(cfg.optim.lr, global_batch, cfg.optim.lr_scaling),
+        warmup_steps: (cfg.optim.warmup_epochs * steps_per_epoch as f64).round() as u64,
+        total_steps: cfg.run.epochs as u64 * steps_per_epoch,
+    };
+    let (mut step, start_epoch) = match &resume {
+        Some(ckpt) => {
+            checkpoint::restore_variables(&vs.variables(), &ckpt.model)?;
+            optimizer.load_state(&ckpt.optimizer, ckpt.meta.optimizer_steps)?;
+            eprintln!("resuming {} at epoch {} (step {})", run_dir.display(), ckpt.meta.epoch, ckpt.meta.step);
+            (ckpt.meta.step, ckpt.meta.epoch)
+        }
+        None => (0, 0),
+    };
+    let mut logger = MetricsLogger::new(run_dir)?;
+    eprintln!(
+        "training {:?} x{} on {} ({} train / {} test images), {} epochs x {} steps, batch {}, peak lr {:.3}, device {:?}",
+        cfg.model.arch, cfg.model.width, cfg.data.spec, train_set.len(), test_set.len(), cfg.run.epochs, steps_per_epoch, global_batch, schedule.peak, device
+    );
+
+    // ---- kNN before training: the baseline the representation must beat
+    let knn_top1_before = if resume.is_none() {
+        let acc = knn::monitor(&model.encoder, &train_set, &test_set, image_size, cfg.run.knn_k, device);
+        logger.log(0, 0.0, &[("eval/knn_top1", acc)])?;
+        eprintln!("kNN top-1 before training: {:.2}%", 100.0 * acc);
+        Some(acc)
+    } else {
+        None
+    };
+
+    let mut final_loss = None;
+    let mut knn_top1 = knn_top1_before.unwrap_or(f64::NAN);
+    for epoch in start_epoch..cfg.run.epochs as u64 {
+        let bar = epoch_bar(epoch, cfg.run.epochs as u64, steps_per_epoch);
+        let epoch_start = Instant::now();
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+        let (mut window_start, mut window_steps, mut data_wait) = (Instant::now(), 0u64, 0.0f64);
+        let mut batches = loader.epoch(epoch, 0);
+        loop {
+            let wait_start = Instant::now();
+            let Some(batch) = batches.next() else { break };
+            data_wait += wait_start.elapsed().as_secs_f64();
+            let lr = schedule.lr(step);
+
+            // ---- forward: both views in one pass, so batch norm sees all 2N views (as the
+            // official code does); then the loss over the 2N projections in f32
+            let [view1, view2] = batch.views;
+            let views = Tensor::cat(&[view1, view2], 0); // [2N, 3, S, S]
+            let (_h, z) = shim::with_autocast(device, autocast, || model.forward_t(&views, true))?;
+            let z = z.chunk(2, 0); // 2 x [N, proj_dim]
+            let out = nt_xent(&z[0], &z[1], cfg.objective.temperature);
+
+            // ---- backward and update
+            optimizer.zero_grad();
+            out.loss.backward();
+            optimizer.step(lr);
+            step += 1;
+            window_steps += 1;
+            loss_sum += out.loss.detach();
+            bar.inc(1);
+
+            // ---- logging (sync point: reads the loss back from the device)
+            if step % cfg.run.log_every as u64 == 0 {
+                let loss = out.loss.double_value(&[]);
+                if !loss.is_finite() {
+                    bail!("loss became {loss} at step {step}: lower optim.lr or check the data");
+                }
+                let elapsed = window_start.elapsed().as_secs_f64();
+                let images_per_sec = (window_steps * global_batch as u64) as f64 / elapsed;
+                let epoch_f = epoch as f64 + (step - epoch * steps_per_epoch) as f64 / steps_per_epoch as f64;
+                logger.log(
+                    step,
+                    epoch_f,
+                    &[
+                        ("train/loss", loss),
+                        ("train/contrast_acc", out.accuracy.double_value(&[])),
+                        ("train/lr", lr),
+                        ("train/images_per_sec", images_per_sec),
+                        ("train/data_wait_ms", 1000.0 * data_wait / window_steps as f64),
+                    ],
+                )?;
+                bar.set_message(format!("loss {loss:.4} lr {lr:.4} {images_per_sec:.0} img/s"));
+                (window_start, window_steps, data_wait) = (Instant::now(), 0, 0.0);
+            }
+        }
+        bar.finish_and_clear();
+
+        // ---- epoch end: checkpoint, kNN monitor, summary (sync point)
+        let epochs_done = epoch + 1;
+        let mean_loss = loss_sum.double_value(&[]) / steps_per_epoch as f64;
+        final_loss = Some(mean_loss);
+        save_checkpoint(run_dir, &vs, &optimizer, Meta::new(step, epochs_done, optimizer.state().1, cfg.clone()), cfg.run.checkpoint_every)?;
+        let last = epochs_done == cfg.run.epochs as u64;
+        let mut line = format!("epoch {epochs_done}/{}: loss {mean_loss:.4}, {:.1}s", cfg.run.epochs, epoch_start.elapsed().as_secs_f64());
+        if last || (cfg.run.knn_every > 0 && epochs_done % cfg.run.knn_every as u64 == 0) {
+            knn_top1 = knn::monitor(&model.encoder, &train_set, &test_set, image_size, cfg.run.knn_k, device);
+            logger.log(step, epochs_done as f64, &[("eval/knn_top1", knn_top1)])?;
+            line += &format!(", kNN top-1 {:.2}%", 100.0 * knn_top1);
+        }
+        logger.flush()?;
+        eprintln!("{line}");
+    }
+    if final_loss.is_none() {
+        // A resumed run that had already finished: measure what it holds.
+        knn_top1 = knn::monitor(&model.encoder, &train_set, &test_set, image_size, cfg.run.knn_k, device);
+    }
+
+    // ---- export the encoder f
+    let encoder = run_dir.join("encoder.pt");
+    export::torchscript(&mut vs, &model.encoder, image_size, &encoder)?;
+    logger.flush()?;
+    eprintln!("wrote {} (kNN top-1 {:.2}%)", encoder.display(), 100.0 * knn_top1);
+    Ok(Summary {
+        run_dir: run_dir.to_path_buf(),
+        encoder,
+        steps: step,
+        epochs: cfg.run.epochs as u64,
+        knn_top1_before,
+        knn_top1,
+        final_loss,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Creates the run directory and writes `config.json`; a fresh run refuses a directory that
+/// already holds one (so nothing is overwritten by accident).
+fn prepare_run_dir(cfg: &Config, run_dir: &Path, resuming: bool) -> Result<()> {
+    if !resuming && checkpoint::last_path(run_dir).exists() {
+        bail!("run directory {} already holds a run: continue it with --resume {0} or choose another --out", run_dir.display());
+    }
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    let path = run_dir.join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(cfg)? + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes `checkpoints/last.pt`, and keeps a copy `epoch-NNNN.pt` every `every` epochs.
+fn save_checkpoint(run_dir: &Path, vs: &VarStore, optimizer: &Optimizer, meta: Meta, every: usize) -> Result<()> {
+    let last = checkpoint::last_path(run_dir);
+    let (optim_state, _) = optimizer.state();
+    checkpoint::save(&last, &vs.variables(), &optim_state, &meta)?;
+    if every > 0 && meta.epoch % every as u64 == 0 {
+        let periodic = last.with_file_name(format!("epoch-{:04}.pt", meta.epoch));
+        std::fs::copy(&last, &periodic).with_context(|| format!("writing {}", periodic.display()))?;
+    }
+    Ok(())
+}
