@@ -27,7 +27,10 @@ fn main() {
         panic!("{SETUP_HINT} (no headers under {})", include.display());
     }
     // The venv's site-packages holds torch/ and nvidia/ side by side.
-    let site_packages = torch_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let site_packages = torch_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
 
     let mut build = cc::Build::new();
     build
@@ -42,13 +45,16 @@ fn main() {
 
     let gloo = Path::new("/usr/include/gloo/algorithm.h").exists();
     if gloo {
-        build.define("USE_C10D_GLOO", None).define("USE_DISTRIBUTED", None);
+        build
+            .define("USE_C10D_GLOO", None)
+            .define("USE_DISTRIBUTED", None);
     } else {
         println!("cargo:warning=Gloo headers missing (libgloo-dev): CPU collectives disabled");
     }
     let cuda_include = site_packages.join("nvidia/cu13/include");
     let nccl_include = site_packages.join("nvidia/nccl/include");
-    let nccl = cuda_include.join("cuda_runtime_api.h").exists() && nccl_include.join("nccl.h").exists();
+    let nccl =
+        cuda_include.join("cuda_runtime_api.h").exists() && nccl_include.join("nccl.h").exists();
     if nccl {
         build
             .define("USE_C10D_NCCL", None)

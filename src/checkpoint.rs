@@ -29,7 +29,13 @@ pub struct Meta {
 impl Meta {
     /// The record of a run at `step` after `epoch` completed epochs.
     pub fn new(step: u64, epoch: u64, optimizer_steps: u64, config: Config) -> Meta {
-        Meta { version: VERSION, step, epoch, optimizer_steps, config }
+        Meta {
+            version: VERSION,
+            step,
+            epoch,
+            optimizer_steps,
+            config,
+        }
     }
 }
 
@@ -53,19 +59,35 @@ pub fn last_path(run_dir: &Path) -> PathBuf {
 }
 
 /// Writes `path` atomically: a temporary file beside it, synced, then renamed over it.
-pub fn save(path: &Path, model: &HashMap<String, Tensor>, optimizer: &[(String, Tensor)], meta: &Meta) -> Result<()> {
+pub fn save(
+    path: &Path,
+    model: &HashMap<String, Tensor>,
+    optimizer: &[(String, Tensor)],
+    meta: &Meta,
+) -> Result<()> {
     let json = serde_json::to_vec(meta)?;
-    let mut named: Vec<(String, Tensor)> = model.iter().map(|(k, t)| (format!("{MODEL}{k}"), t.to_device(Device::Cpu))).collect();
-    named.extend(optimizer.iter().map(|(k, t)| (format!("{OPTIM}{k}"), t.to_device(Device::Cpu))));
+    let mut named: Vec<(String, Tensor)> = model
+        .iter()
+        .map(|(k, t)| (format!("{MODEL}{k}"), t.to_device(Device::Cpu)))
+        .collect();
+    named.extend(
+        optimizer
+            .iter()
+            .map(|(k, t)| (format!("{OPTIM}{k}"), t.to_device(Device::Cpu))),
+    );
     named.push((META.to_string(), Tensor::from_slice(&json)));
-    let dir = path.parent().context("checkpoint path has no parent directory")?;
+    let dir = path
+        .parent()
+        .context("checkpoint path has no parent directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = path.with_extension("pt.tmp");
-    Tensor::save_multi(&named, &tmp).with_context(|| format!("writing checkpoint {}", tmp.display()))?;
+    Tensor::save_multi(&named, &tmp)
+        .with_context(|| format!("writing checkpoint {}", tmp.display()))?;
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("syncing checkpoint {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     // Make the rename itself durable.
     std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
     Ok(())
@@ -76,7 +98,8 @@ pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
     if !path.is_file() {
         bail!("checkpoint {} does not exist", path.display());
     }
-    let named = Tensor::load_multi_with_device(path, device).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let named = Tensor::load_multi_with_device(path, device)
+        .with_context(|| format!("reading checkpoint {}", path.display()))?;
     let (mut model, mut optimizer, mut meta) = (HashMap::new(), HashMap::new(), None);
     for (name, tensor) in named {
         if let Some(key) = name.strip_prefix(MODEL) {
@@ -85,22 +108,49 @@ pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
             optimizer.insert(key.to_string(), tensor);
         } else if name == META {
             let bytes = Vec::<u8>::try_from(tensor.to_device(Device::Cpu).to_kind(Kind::Uint8))?;
-            meta = Some(serde_json::from_slice::<Meta>(&bytes).with_context(|| format!("checkpoint {} has an unreadable meta record", path.display()))?);
+            meta = Some(serde_json::from_slice::<Meta>(&bytes).with_context(|| {
+                format!(
+                    "checkpoint {} has an unreadable meta record",
+                    path.display()
+                )
+            })?);
         }
     }
-    let meta = meta.with_context(|| format!("{} is not a simclr checkpoint (no meta record)", path.display()))?;
+    let meta = meta.with_context(|| {
+        format!(
+            "{} is not a simclr checkpoint (no meta record)",
+            path.display()
+        )
+    })?;
     if meta.version != VERSION {
-        bail!("checkpoint {} has format version {}, this build reads {VERSION}", path.display(), meta.version);
+        bail!(
+            "checkpoint {} has format version {}, this build reads {VERSION}",
+            path.display(),
+            meta.version
+        );
     }
-    Ok(Checkpoint { meta, model, optimizer })
+    Ok(Checkpoint {
+        meta,
+        model,
+        optimizer,
+    })
 }
 
 /// Copies saved variables into the model's, requiring the same names and shapes.
-pub fn restore_variables(vars: &HashMap<String, Tensor>, saved: &HashMap<String, Tensor>) -> Result<()> {
+pub fn restore_variables(
+    vars: &HashMap<String, Tensor>,
+    saved: &HashMap<String, Tensor>,
+) -> Result<()> {
     for (name, var) in vars {
-        let value = saved.get(name).with_context(|| format!("checkpoint lacks variable '{name}'"))?;
+        let value = saved
+            .get(name)
+            .with_context(|| format!("checkpoint lacks variable '{name}'"))?;
         if value.size() != var.size() {
-            bail!("checkpoint variable '{name}' has shape {:?}, the model needs {:?}", value.size(), var.size());
+            bail!(
+                "checkpoint variable '{name}' has shape {:?}, the model needs {:?}",
+                value.size(),
+                var.size()
+            );
         }
         tch::no_grad(|| var.shallow_clone().copy_(value));
     }
@@ -115,16 +165,31 @@ mod tests {
     fn save_then_load_round_trips() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("checkpoints").join("last.pt");
-        let model = HashMap::from([("encoder.conv1.weight".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))]);
-        let optim = vec![("0.encoder.conv1.weight".to_string(), Tensor::from_slice(&[3.0f32, 4.0]))];
+        let model = HashMap::from([(
+            "encoder.conv1.weight".to_string(),
+            Tensor::from_slice(&[1.0f32, 2.0]),
+        )]);
+        let optim = vec![(
+            "0.encoder.conv1.weight".to_string(),
+            Tensor::from_slice(&[3.0f32, 4.0]),
+        )];
         let meta = Meta::new(12, 3, 12, Config::default());
         save(&path, &model, &optim, &meta)?;
-        assert!(!path.with_extension("pt.tmp").exists(), "temporary file renamed away");
+        assert!(
+            !path.with_extension("pt.tmp").exists(),
+            "temporary file renamed away"
+        );
         let back = load(&path, Device::Cpu)?;
         assert_eq!(back.meta.step, 12);
         assert_eq!(back.meta.config, Config::default());
-        assert_eq!(Vec::<f32>::try_from(&back.model["encoder.conv1.weight"])?, [1.0, 2.0]);
-        assert_eq!(Vec::<f32>::try_from(&back.optimizer["0.encoder.conv1.weight"])?, [3.0, 4.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(&back.model["encoder.conv1.weight"])?,
+            [1.0, 2.0]
+        );
+        assert_eq!(
+            Vec::<f32>::try_from(&back.optimizer["0.encoder.conv1.weight"])?,
+            [3.0, 4.0]
+        );
         Ok(())
     }
 
@@ -132,10 +197,16 @@ mod tests {
     fn missing_and_foreign_files_are_refused() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let missing = dir.path().join("nope.pt");
-        assert!(load(&missing, Device::Cpu).err().map(|e| e.to_string().contains("does not exist")).unwrap_or(false));
+        assert!(load(&missing, Device::Cpu)
+            .err()
+            .map(|e| e.to_string().contains("does not exist"))
+            .unwrap_or(false));
         let foreign = dir.path().join("foreign.pt");
         Tensor::save_multi(&[("x", Tensor::from_slice(&[1.0f32]))], &foreign)?;
-        let err = load(&foreign, Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = load(&foreign, Device::Cpu)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("not a simclr checkpoint"), "{err}");
         Ok(())
     }

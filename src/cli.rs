@@ -14,7 +14,11 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "simclr", version, about = "SimCLR contrastive pre-training of image encoders on libtorch")]
+#[command(
+    name = "simclr",
+    version,
+    about = "SimCLR contrastive pre-training of image encoders on libtorch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,6 +56,7 @@ enum ExportFormat {
 
 /// `simclr train` flags; each one overrides the same field of the configuration.
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("overrides").multiple(true))]
 struct TrainArgs {
     /// JSON configuration file (absent keys take the defaults).
     #[arg(long, group = "overrides")]
@@ -68,7 +73,7 @@ struct TrainArgs {
     /// Encoder architecture [default: resnet18].
     #[arg(long, group = "overrides", value_enum)]
     arch: Option<Arch>,
-    /// Width multiplier of the encoder [default: 0.25].
+    /// Width multiplier of the encoder [default: 0.125].
     #[arg(long, group = "overrides")]
     width: Option<f64>,
     /// First layer: auto = CIFAR stem for images <= 32 px [default: auto].
@@ -98,7 +103,7 @@ struct TrainArgs {
     /// Monitor on the first N test images only [default: all].
     #[arg(long, group = "overrides")]
     max_test_images: Option<usize>,
-    /// Base learning rate, scaled by the batch (see --lr-scaling) [default: 1.0].
+    /// Base learning rate, scaled by the batch (see --lr-scaling) [default: 2.0].
     #[arg(long, group = "overrides")]
     lr: Option<f64>,
     /// linear: lr x B/256; sqrt: lr x sqrt(B) [default: linear].
@@ -125,6 +130,9 @@ struct TrainArgs {
     /// kNN monitor every N epochs, 0 = only before and after training [default: 5].
     #[arg(long, group = "overrides")]
     knn_every: Option<usize>,
+    /// Keep a copy of the checkpoint every N epochs, 0 = only last.pt [default: 5].
+    #[arg(long, group = "overrides")]
+    checkpoint_every: Option<usize>,
     /// Log scalars every N steps [default: 10].
     #[arg(long, group = "overrides")]
     log_every: Option<usize>,
@@ -175,6 +183,7 @@ impl TrainArgs {
         set(&mut cfg.data.workers, &self.workers);
         set(&mut cfg.run.knn_every, &self.knn_every);
         set(&mut cfg.run.log_every, &self.log_every);
+        set(&mut cfg.run.checkpoint_every, &self.checkpoint_every);
         set(&mut cfg.run.device, &self.device);
         set(&mut cfg.run.precision, &self.precision);
         cfg
@@ -186,7 +195,11 @@ pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Info { json } => info(json),
         Command::Train(args) => train_command(&args),
-        Command::Export { checkpoint, format, out } => export_command(&checkpoint, format, &out),
+        Command::Export {
+            checkpoint,
+            format,
+            out,
+        } => export_command(&checkpoint, format, &out),
     }
 }
 
@@ -216,7 +229,8 @@ fn info(as_json: bool) -> Result<()> {
 fn train_command(args: &TrainArgs) -> Result<()> {
     let (cfg, run_dir, resume) = match &args.resume {
         Some(dir) => {
-            let ckpt = checkpoint::load(&checkpoint::last_path(dir), tch::Device::Cpu).with_context(|| format!("resuming {}", dir.display()))?;
+            let ckpt = checkpoint::load(&checkpoint::last_path(dir), tch::Device::Cpu)
+                .with_context(|| format!("resuming {}", dir.display()))?;
             (ckpt.meta.config.clone(), dir.clone(), Some(ckpt))
         }
         None => {
@@ -240,9 +254,12 @@ fn export_command(checkpoint_path: &Path, format: ExportFormat, out: &Path) -> R
     let cfg = &ckpt.meta.config;
     let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let model = SimClr::new(&vs.root(), &cfg.model, cfg.data.image_size);
-    checkpoint::restore_variables(&vs.variables(), &ckpt.model).with_context(|| format!("loading {}", checkpoint_path.display()))?;
+    checkpoint::restore_variables(&vs.variables(), &ckpt.model)
+        .with_context(|| format!("loading {}", checkpoint_path.display()))?;
     match format {
-        ExportFormat::Torchscript => export::torchscript(&mut vs, &model.encoder, cfg.data.image_size, out)?,
+        ExportFormat::Torchscript => {
+            export::torchscript(&mut vs, &model.encoder, cfg.data.image_size, out)?
+        }
     }
     eprintln!("wrote {}", out.display());
     Ok(())
@@ -250,7 +267,10 @@ fn export_command(checkpoint_path: &Path, format: ExportFormat, out: &Path) -> R
 
 /// `runs/YYYYMMDD-HHMMSS` (UTC) for a run started now.
 fn default_run_dir() -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -262,5 +282,10 @@ fn default_run_dir() -> PathBuf {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    PathBuf::from(format!("runs/{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60))
+    PathBuf::from(format!(
+        "runs/{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
 }

@@ -2,7 +2,7 @@
 //! optional JSON file, overridden by command-line flags, validated, and written to the run
 //! directory (`config.json`) and into every checkpoint.
 //!
-//! The defaults are the built-in default run: a width-1/4 ResNet-18 pre-trained on the
+//! The defaults are the built-in default run: a width-1/8 ResNet-18 pre-trained on the
 //! synthetic dataset in a few minutes on two CPU cores, with the paper's CIFAR recipe otherwise
 //! (LARS, temperature 0.5, colour strength 0.5, no blur; SimCLR Appendix B.9).
 use crate::data::{augment::AugmentConfig, DataSpec};
@@ -28,7 +28,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            model: ModelConfig { width: 0.25, ..Default::default() },
+            model: ModelConfig {
+                width: 0.125,
+                ..Default::default()
+            },
             data: DataConfig::default(),
             objective: ObjectiveConfig::default(),
             optim: OptimConfig::default(),
@@ -134,10 +137,16 @@ impl DeviceChoice {
     pub fn resolve(self) -> Result<tch::Device> {
         let gpus = tch::Cuda::device_count() as usize;
         match self {
-            DeviceChoice::Auto => Ok(if gpus > 0 { tch::Device::Cuda(0) } else { tch::Device::Cpu }),
+            DeviceChoice::Auto => Ok(if gpus > 0 {
+                tch::Device::Cuda(0)
+            } else {
+                tch::Device::Cpu
+            }),
             DeviceChoice::Cpu => Ok(tch::Device::Cpu),
             DeviceChoice::Cuda(i) if i < gpus => Ok(tch::Device::Cuda(i)),
-            DeviceChoice::Cuda(i) => bail!("device cuda:{i} requested but {gpus} CUDA device(s) are visible"),
+            DeviceChoice::Cuda(i) => {
+                bail!("device cuda:{i} requested but {gpus} CUDA device(s) are visible")
+            }
         }
     }
 }
@@ -192,8 +201,10 @@ pub enum Precision {
 impl Config {
     /// Reads a JSON configuration; absent keys take their defaults, unknown keys are refused.
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("config {} is not a valid configuration", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("config {} is not a valid configuration", path.display()))
     }
 
     /// Rejects values that cannot train, naming the field and the value.
@@ -206,19 +217,33 @@ impl Config {
             bail!("data.image_size must be >= 8, got {}", data.image_size);
         }
         if data.workers == 0 || data.prefetch == 0 {
-            bail!("data.workers and data.prefetch must be >= 1, got {} and {}", data.workers, data.prefetch);
+            bail!(
+                "data.workers and data.prefetch must be >= 1, got {} and {}",
+                data.workers,
+                data.prefetch
+            );
         }
         if !(self.objective.temperature > 0.0 && self.objective.temperature.is_finite()) {
-            bail!("objective.temperature must be > 0, got {}", self.objective.temperature);
+            bail!(
+                "objective.temperature must be > 0, got {}",
+                self.objective.temperature
+            );
         }
         if run.batch_size < 2 {
-            bail!("run.batch_size must be >= 2 (the other images are the negatives), got {}", run.batch_size);
+            bail!(
+                "run.batch_size must be >= 2 (the other images are the negatives), got {}",
+                run.batch_size
+            );
         }
         if run.epochs == 0 {
             bail!("run.epochs must be >= 1");
         }
         if run.knn_k == 0 || run.log_every == 0 {
-            bail!("run.knn_k and run.log_every must be >= 1, got {} and {}", run.knn_k, run.log_every);
+            bail!(
+                "run.knn_k and run.log_every must be >= 1, got {} and {}",
+                run.knn_k,
+                run.log_every
+            );
         }
         Ok(())
     }
@@ -239,10 +264,13 @@ mod tests {
 
     #[test]
     fn partial_file_takes_defaults_and_unknown_keys_fail() -> Result<()> {
-        let cfg: Config = serde_json::from_str(r#"{"run": {"epochs": 3}, "model": {"arch": "resnet50"}}"#)?;
+        let cfg: Config =
+            serde_json::from_str(r#"{"run": {"epochs": 3}, "model": {"arch": "resnet50"}}"#)?;
         assert_eq!(cfg.run.epochs, 3);
         assert_eq!(cfg.run.batch_size, RunConfig::default().batch_size);
-        let err = serde_json::from_str::<Config>(r#"{"run": {"epochz": 3}}"#).unwrap_err().to_string();
+        let err = serde_json::from_str::<Config>(r#"{"run": {"epochz": 3}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("epochz"), "{err}");
         Ok(())
     }
@@ -258,9 +286,17 @@ mod tests {
     fn bad_values_name_the_field() {
         let mut cfg = Config::default();
         cfg.objective.temperature = 0.0;
-        assert!(cfg.validate().unwrap_err().to_string().contains("objective.temperature"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("objective.temperature"));
         let mut cfg = Config::default();
         cfg.run.batch_size = 1;
-        assert!(cfg.validate().unwrap_err().to_string().contains("run.batch_size"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("run.batch_size"));
     }
 }

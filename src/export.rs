@@ -16,14 +16,27 @@ use tch::{CModule, Device, Kind, Tensor};
 ///
 /// The var store is frozen while tracing and saving (weights that require grad cannot become
 /// constants) and unfrozen afterwards.
-pub fn torchscript(vs: &mut VarStore, encoder: &ResNet, image_size: usize, path: &Path) -> Result<()> {
+pub fn torchscript(
+    vs: &mut VarStore,
+    encoder: &ResNet,
+    image_size: usize,
+    path: &Path,
+) -> Result<()> {
     vs.freeze();
-    let example = Tensor::rand([2, 3, image_size as i64, image_size as i64], (Kind::Float, vs.device()));
+    let example = Tensor::rand(
+        [2, 3, image_size as i64, image_size as i64],
+        (Kind::Float, vs.device()),
+    );
     let saved = tch::no_grad(|| -> Result<()> {
-        let mut module = CModule::create_by_tracing("SimClrEncoder", "forward", &[example], &mut |inputs| vec![encoder.forward_t(&inputs[0], false)])
+        let mut module =
+            CModule::create_by_tracing("SimClrEncoder", "forward", &[example], &mut |inputs| {
+                vec![encoder.forward_t(&inputs[0], false)]
+            })
             .context("tracing the encoder")?;
         module.to(Device::Cpu, Kind::Float, false);
-        module.save(path).with_context(|| format!("writing TorchScript encoder {}", path.display()))
+        module
+            .save(path)
+            .with_context(|| format!("writing TorchScript encoder {}", path.display()))
     });
     // Only now: the module's constants are the var store's tensors themselves, and a
     // constant that requires grad cannot be serialised.
@@ -42,7 +55,14 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("encoder.pt");
         let mut vs = VarStore::new(Device::Cpu);
-        let model = SimClr::new(&vs.root(), &ModelConfig { width: 0.125, ..Default::default() }, 16);
+        let model = SimClr::new(
+            &vs.root(),
+            &ModelConfig {
+                width: 0.125,
+                ..Default::default()
+            },
+            16,
+        );
         torchscript(&mut vs, &model.encoder, 16, &path)?;
         let loaded = CModule::load(&path)?;
         for batch in [1, 7] {

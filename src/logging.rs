@@ -23,7 +23,10 @@ impl MetricsLogger {
             .append(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        Ok(MetricsLogger { tensorboard: SummaryWriter::new(run_dir), jsonl: BufWriter::new(file) })
+        Ok(MetricsLogger {
+            tensorboard: SummaryWriter::new(run_dir),
+            jsonl: BufWriter::new(file),
+        })
     }
 
     /// Records scalars at a global step.
@@ -32,10 +35,12 @@ impl MetricsLogger {
         record.insert("step".into(), step.into());
         record.insert("epoch".into(), epoch.into());
         for &(name, value) in scalars {
-            self.tensorboard.add_scalar(name, value as f32, step as usize);
+            self.tensorboard
+                .add_scalar(name, value as f32, step as usize);
             record.insert(name.into(), value.into());
         }
-        writeln!(self.jsonl, "{}", serde_json::Value::Object(record)).context("writing metrics.jsonl")?;
+        writeln!(self.jsonl, "{}", serde_json::Value::Object(record))
+            .context("writing metrics.jsonl")?;
         Ok(())
     }
 
@@ -73,7 +78,13 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(text.trim())?;
         assert_eq!(v["step"], 5);
         assert_eq!(v["train/loss"], 1.25);
-        let events = std::fs::read_dir(dir.path())?.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("events.out.tfevents"));
+        let events = std::fs::read_dir(dir.path())?
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("events.out.tfevents")
+            });
         assert!(events, "a TensorBoard event file is written");
         Ok(())
     }

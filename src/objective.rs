@@ -34,7 +34,11 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Contrastive {
     // Anchor i's positive is i+N for i < N and i-N otherwise.
     let positives = (Tensor::arange(2 * n, (Kind::Int64, z.device())) + n).remainder(2 * n); // [2N]
     let loss = logits.cross_entropy_for_logits(&positives);
-    let accuracy = logits.argmax(1, false).eq_tensor(&positives).to_kind(Kind::Float).mean(Kind::Float);
+    let accuracy = logits
+        .argmax(1, false)
+        .eq_tensor(&positives)
+        .to_kind(Kind::Float)
+        .mean(Kind::Float);
     Contrastive { loss, accuracy }
 }
 
@@ -80,7 +84,9 @@ mod tests {
         let z1 = Tensor::randn([6, 4], (Kind::Float, Device::Cpu));
         let z2 = Tensor::randn([6, 4], (Kind::Float, Device::Cpu));
         let a = nt_xent(&z1, &z2, 0.2).loss.double_value(&[]);
-        let b = nt_xent(&(&z1 * 7.0), &(&z2 * 0.3), 0.2).loss.double_value(&[]);
+        let b = nt_xent(&(&z1 * 7.0), &(&z2 * 0.3), 0.2)
+            .loss
+            .double_value(&[]);
         assert!((a - b).abs() < 1e-5);
     }
 }

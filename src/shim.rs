@@ -22,7 +22,9 @@ fn check(error: *mut c_char, what: &str) -> Result<()> {
         return Ok(());
     }
     // SAFETY: a non-null return is a NUL-terminated string from strdup, owned by us.
-    let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+    let message = unsafe { CStr::from_ptr(error) }
+        .to_string_lossy()
+        .into_owned();
     unsafe { simclr_free_error(error) };
     bail!("{what}: {message}")
 }
@@ -30,7 +32,9 @@ fn check(error: *mut c_char, what: &str) -> Result<()> {
 /// The libtorch version the shim was compiled against (e.g. "2.11.0").
 pub fn torch_version() -> String {
     // SAFETY: returns a pointer to a static string literal.
-    unsafe { CStr::from_ptr(simclr_torch_version()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(simclr_torch_version()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Whether libtorch's Gloo process group (CPU collectives) was compiled into the shim.
@@ -51,7 +55,10 @@ pub fn nccl_version() -> Option<i64> {
 /// cuDNN's run-time version, if CUDA and cuDNN are usable on this machine.
 pub fn cudnn_version() -> Result<Option<i64>> {
     let mut version = 0i64;
-    check(unsafe { simclr_cudnn_version(&mut version) }, "querying cuDNN")?;
+    check(
+        unsafe { simclr_cudnn_version(&mut version) },
+        "querying cuDNN",
+    )?;
     Ok((version > 0).then_some(version))
 }
 
@@ -72,7 +79,11 @@ pub fn set_autocast(device: tch::Device, enabled: bool, dtype: tch::Kind) -> Res
 
 /// Runs `f` under autocast with `dtype` on `device`'s type (`None`: full precision), switching
 /// autocast off again afterwards even when `f` fails.
-pub fn with_autocast<T>(device: tch::Device, dtype: Option<tch::Kind>, f: impl FnOnce() -> T) -> Result<T> {
+pub fn with_autocast<T>(
+    device: tch::Device,
+    dtype: Option<tch::Kind>,
+    f: impl FnOnce() -> T,
+) -> Result<T> {
     let Some(dtype) = dtype else { return Ok(f()) };
     set_autocast(device, true, dtype)?;
     let out = f();

@@ -6,7 +6,10 @@
 //! GPU->CPU reads happen only at logging points and epoch ends (marked "sync point").
 use crate::checkpoint::{self, Checkpoint, Meta};
 use crate::config::{Config, Precision};
-use crate::data::{self, loader::{LoaderConfig, TwoViewLoader}};
+use crate::data::{
+    self,
+    loader::{LoaderConfig, TwoViewLoader},
+};
 use crate::eval::knn;
 use crate::export;
 use crate::logging::{epoch_bar, MetricsLogger};
@@ -59,7 +62,12 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
         rank: 0,
         world_size: 1,
     };
-    let loader = TwoViewLoader::new(train_set.clone(), cfg.data.augment.clone(), loader_cfg, device)?;
+    let loader = TwoViewLoader::new(
+        train_set.clone(),
+        cfg.data.augment.clone(),
+        loader_cfg,
+        device,
+    )?;
     let steps_per_epoch = loader.batches_per_epoch() as u64;
 
     // ---- model, optimiser, schedule (per step, from the global batch)
@@ -76,7 +84,12 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
         Some(ckpt) => {
             checkpoint::restore_variables(&vs.variables(), &ckpt.model)?;
             optimizer.load_state(&ckpt.optimizer, ckpt.meta.optimizer_steps)?;
-            eprintln!("resuming {} at epoch {} (step {})", run_dir.display(), ckpt.meta.epoch, ckpt.meta.step);
+            eprintln!(
+                "resuming {} at epoch {} (step {})",
+                run_dir.display(),
+                ckpt.meta.epoch,
+                ckpt.meta.step
+            );
             (ckpt.meta.step, ckpt.meta.epoch)
         }
         None => (0, 0),
@@ -89,7 +102,14 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
 
     // ---- kNN before training: the baseline the representation must beat
     let knn_top1_before = if resume.is_none() {
-        let acc = knn::monitor(&model.encoder, &train_set, &test_set, image_size, cfg.run.knn_k, device);
+        let acc = knn::monitor(
+            &model.encoder,
+            &train_set,
+            &test_set,
+            image_size,
+            cfg.run.knn_k,
+            device,
+        );
         logger.log(0, 0.0, &[("eval/knn_top1", acc)])?;
         eprintln!("kNN top-1 before training: {:.2}%", 100.0 * acc);
         Some(acc)
@@ -136,7 +156,8 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
                 }
                 let elapsed = window_start.elapsed().as_secs_f64();
                 let images_per_sec = (window_steps * global_batch as u64) as f64 / elapsed;
-                let epoch_f = epoch as f64 + (step - epoch * steps_per_epoch) as f64 / steps_per_epoch as f64;
+                let epoch_f =
+                    epoch as f64 + (step - epoch * steps_per_epoch) as f64 / steps_per_epoch as f64;
                 logger.log(
                     step,
                     epoch_f,
@@ -145,10 +166,15 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
                         ("train/contrast_acc", out.accuracy.double_value(&[])),
                         ("train/lr", lr),
                         ("train/images_per_sec", images_per_sec),
-                        ("train/data_wait_ms", 1000.0 * data_wait / window_steps as f64),
+                        (
+                            "train/data_wait_ms",
+                            1000.0 * data_wait / window_steps as f64,
+                        ),
                     ],
                 )?;
-                bar.set_message(format!("loss {loss:.4} lr {lr:.4} {images_per_sec:.0} img/s"));
+                bar.set_message(format!(
+                    "loss {loss:.4} lr {lr:.4} {images_per_sec:.0} img/s"
+                ));
                 (window_start, window_steps, data_wait) = (Instant::now(), 0, 0.0);
             }
         }
@@ -158,11 +184,28 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
         let epochs_done = epoch + 1;
         let mean_loss = loss_sum.double_value(&[]) / steps_per_epoch as f64;
         final_loss = Some(mean_loss);
-        save_checkpoint(run_dir, &vs, &optimizer, Meta::new(step, epochs_done, optimizer.state().1, cfg.clone()), cfg.run.checkpoint_every)?;
+        save_checkpoint(
+            run_dir,
+            &vs,
+            &optimizer,
+            Meta::new(step, epochs_done, optimizer.state().1, cfg.clone()),
+            cfg.run.checkpoint_every,
+        )?;
         let last = epochs_done == cfg.run.epochs as u64;
-        let mut line = format!("epoch {epochs_done}/{}: loss {mean_loss:.4}, {:.1}s", cfg.run.epochs, epoch_start.elapsed().as_secs_f64());
+        let mut line = format!(
+            "epoch {epochs_done}/{}: loss {mean_loss:.4}, {:.1}s",
+            cfg.run.epochs,
+            epoch_start.elapsed().as_secs_f64()
+        );
         if last || (cfg.run.knn_every > 0 && epochs_done % cfg.run.knn_every as u64 == 0) {
-            knn_top1 = knn::monitor(&model.encoder, &train_set, &test_set, image_size, cfg.run.knn_k, device);
+            knn_top1 = knn::monitor(
+                &model.encoder,
+                &train_set,
+                &test_set,
+                image_size,
+                cfg.run.knn_k,
+                device,
+            );
             logger.log(step, epochs_done as f64, &[("eval/knn_top1", knn_top1)])?;
             line += &format!(", kNN top-1 {:.2}%", 100.0 * knn_top1);
         }
@@ -171,14 +214,25 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
     }
     if final_loss.is_none() {
         // A resumed run that had already finished: measure what it holds.
-        knn_top1 = knn::monitor(&model.encoder, &train_set, &test_set, image_size, cfg.run.knn_k, device);
+        knn_top1 = knn::monitor(
+            &model.encoder,
+            &train_set,
+            &test_set,
+            image_size,
+            cfg.run.knn_k,
+            device,
+        );
     }
 
     // ---- export the encoder f
     let encoder = run_dir.join("encoder.pt");
     export::torchscript(&mut vs, &model.encoder, image_size, &encoder)?;
     logger.flush()?;
-    eprintln!("wrote {} (kNN top-1 {:.2}%)", encoder.display(), 100.0 * knn_top1);
+    eprintln!(
+        "wrote {} (kNN top-1 {:.2}%)",
+        encoder.display(),
+        100.0 * knn_top1
+    );
     Ok(Summary {
         run_dir: run_dir.to_path_buf(),
         encoder,
@@ -197,19 +251,28 @@ fn prepare_run_dir(cfg: &Config, run_dir: &Path, resuming: bool) -> Result<()> {
     if !resuming && checkpoint::last_path(run_dir).exists() {
         bail!("run directory {} already holds a run: continue it with --resume {0} or choose another --out", run_dir.display());
     }
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("creating run directory {}", run_dir.display()))?;
     let path = run_dir.join("config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(cfg)? + "\n").with_context(|| format!("writing {}", path.display()))
+    std::fs::write(&path, serde_json::to_string_pretty(cfg)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes `checkpoints/last.pt`, and keeps a copy `epoch-NNNN.pt` every `every` epochs.
-fn save_checkpoint(run_dir: &Path, vs: &VarStore, optimizer: &Optimizer, meta: Meta, every: usize) -> Result<()> {
+fn save_checkpoint(
+    run_dir: &Path,
+    vs: &VarStore,
+    optimizer: &Optimizer,
+    meta: Meta,
+    every: usize,
+) -> Result<()> {
     let last = checkpoint::last_path(run_dir);
     let (optim_state, _) = optimizer.state();
     checkpoint::save(&last, &vs.variables(), &optim_state, &meta)?;
     if every > 0 && meta.epoch % every as u64 == 0 {
         let periodic = last.with_file_name(format!("epoch-{:04}.pt", meta.epoch));
-        std::fs::copy(&last, &periodic).with_context(|| format!("writing {}", periodic.display()))?;
+        std::fs::copy(&last, &periodic)
+            .with_context(|| format!("writing {}", periodic.display()))?;
     }
     Ok(())
 }

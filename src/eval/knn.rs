@@ -15,14 +15,20 @@ const BATCH: usize = 256;
 ///
 /// # Shapes
 /// -> (features `[N, D]` f32, labels `[N]` i64), on `device`.
-pub fn features(encoder: &ResNet, set: &ImageSet, image_size: usize, device: Device) -> (Tensor, Tensor) {
+pub fn features(
+    encoder: &ResNet,
+    set: &ImageSet,
+    image_size: usize,
+    device: Device,
+) -> (Tensor, Tensor) {
     tch::no_grad(|| {
-        let (feats, labels): (Vec<Tensor>, Vec<Tensor>) = eval_batches(set, image_size, BATCH, device)
-            .map(|(x, y)| {
-                let h = encoder.forward_t(&x, false).to_kind(Kind::Float);
-                (&h / h.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12), y)
-            })
-            .unzip();
+        let (feats, labels): (Vec<Tensor>, Vec<Tensor>) =
+            eval_batches(set, image_size, BATCH, device)
+                .map(|(x, y)| {
+                    let h = encoder.forward_t(&x, false).to_kind(Kind::Float);
+                    (&h / h.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12), y)
+                })
+                .unzip();
         (Tensor::cat(&feats, 0), Tensor::cat(&labels, 0))
     })
 }
@@ -32,25 +38,59 @@ pub fn features(encoder: &ResNet, set: &ImageSet, image_size: usize, device: Dev
 ///
 /// # Shapes
 /// `bank [N, D]`, `bank_labels [N]`, `queries [M, D]`, `query_labels [M]` (rows unit-norm).
-pub fn weighted_knn_top1(bank: &Tensor, bank_labels: &Tensor, queries: &Tensor, query_labels: &Tensor, num_classes: i64, k: i64, temperature: f64) -> f64 {
+pub fn weighted_knn_top1(
+    bank: &Tensor,
+    bank_labels: &Tensor,
+    queries: &Tensor,
+    query_labels: &Tensor,
+    num_classes: i64,
+    k: i64,
+    temperature: f64,
+) -> f64 {
     let k = k.min(bank.size()[0]);
     let mut correct = 0i64;
-    for (q, y) in queries.split(BATCH as i64, 0).iter().zip(query_labels.split(BATCH as i64, 0)) {
+    for (q, y) in queries
+        .split(BATCH as i64, 0)
+        .iter()
+        .zip(query_labels.split(BATCH as i64, 0))
+    {
         let sim = q.matmul(&bank.tr()); // [m, N]
         let (top_sim, top_idx) = sim.topk(k, 1, true, true); // [m, k]
-        let top_labels = bank_labels.index_select(0, &top_idx.flatten(0, -1)).view_as(&top_idx); // [m, k]
+        let top_labels = bank_labels
+            .index_select(0, &top_idx.flatten(0, -1))
+            .view_as(&top_idx); // [m, k]
         let weights = (top_sim / temperature).exp(); // [m, k]
-        let votes = Tensor::zeros([q.size()[0], num_classes], (Kind::Float, q.device())).scatter_add(1, &top_labels, &weights); // [m, C]
-        correct += votes.argmax(1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+        let votes = Tensor::zeros([q.size()[0], num_classes], (Kind::Float, q.device()))
+            .scatter_add(1, &top_labels, &weights); // [m, C]
+        correct += votes
+            .argmax(1, false)
+            .eq_tensor(&y)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
     }
     correct as f64 / queries.size()[0].max(1) as f64
 }
 
 /// kNN top-1 of `encoder`'s representation: `train` as the bank, `test` queried.
-pub fn monitor(encoder: &ResNet, train: &ImageSet, test: &ImageSet, image_size: usize, k: usize, device: Device) -> f64 {
+pub fn monitor(
+    encoder: &ResNet,
+    train: &ImageSet,
+    test: &ImageSet,
+    image_size: usize,
+    k: usize,
+    device: Device,
+) -> f64 {
     let (bank, bank_labels) = features(encoder, train, image_size, device);
     let (queries, query_labels) = features(encoder, test, image_size, device);
-    weighted_knn_top1(&bank, &bank_labels, &queries, &query_labels, train.num_classes as i64, k as i64, KNN_TEMPERATURE)
+    weighted_knn_top1(
+        &bank,
+        &bank_labels,
+        &queries,
+        &query_labels,
+        train.num_classes as i64,
+        k as i64,
+        KNN_TEMPERATURE,
+    )
 }
 
 #[cfg(test)]
@@ -68,7 +108,15 @@ mod tests {
         let bank = unit(&[[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]]);
         let bank_labels = Tensor::from_slice(&[0i64, 0, 1, 1]);
         let queries = unit(&[[1.0, 0.0], [0.0, 1.0]]);
-        let acc = weighted_knn_top1(&bank, &bank_labels, &queries, &Tensor::from_slice(&[0i64, 1]), 2, 2, 0.1);
+        let acc = weighted_knn_top1(
+            &bank,
+            &bank_labels,
+            &queries,
+            &Tensor::from_slice(&[0i64, 1]),
+            2,
+            2,
+            0.1,
+        );
         assert_eq!(acc, 1.0);
     }
 
@@ -78,7 +126,15 @@ mod tests {
         let bank = unit(&[[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]);
         let bank_labels = Tensor::from_slice(&[1i64, 0, 0]);
         let queries = unit(&[[1.0, 0.05]]);
-        let acc = weighted_knn_top1(&bank, &bank_labels, &queries, &Tensor::from_slice(&[1i64]), 2, 3, 0.1);
+        let acc = weighted_knn_top1(
+            &bank,
+            &bank_labels,
+            &queries,
+            &Tensor::from_slice(&[1i64]),
+            2,
+            3,
+            0.1,
+        );
         assert_eq!(acc, 1.0);
     }
 }

@@ -15,8 +15,20 @@ use tch::Tensor;
 /// PyTorch's default `nn.Linear` initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 fn linear(p: nn::Path, c_in: i64, c_out: i64, bias: bool) -> nn::Linear {
     let bound = 1.0 / (c_in as f64).sqrt();
-    let init = nn::Init::Uniform { lo: -bound, up: bound };
-    nn::linear(p, c_in, c_out, nn::LinearConfig { ws_init: init, bs_init: bias.then_some(init), bias })
+    let init = nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    nn::linear(
+        p,
+        c_in,
+        c_out,
+        nn::LinearConfig {
+            ws_init: init,
+            bs_init: bias.then_some(init),
+            bias,
+        },
+    )
 }
 
 /// A hidden layer of the head: Linear -> BN -> ReLU.
@@ -47,7 +59,12 @@ impl ProjectionHead {
                 layer
             })
             .collect();
-        let output = linear(p / layers.saturating_sub(1) / "linear", c_in, proj_dim, true);
+        let output = linear(
+            p / layers.saturating_sub(1) / "linear",
+            c_in,
+            proj_dim,
+            true,
+        );
         ProjectionHead { hidden, output }
     }
 }

@@ -70,7 +70,10 @@ impl ModelConfig {
             bail!("model.width must be in (0, 16], got {}", self.width);
         }
         if self.head_layers == 0 || self.head_layers > 8 {
-            bail!("model.head_layers must be in 1..=8, got {}", self.head_layers);
+            bail!(
+                "model.head_layers must be in 1..=8, got {}",
+                self.head_layers
+            );
         }
         if self.proj_dim < 1 {
             bail!("model.proj_dim must be >= 1, got {}", self.proj_dim);
@@ -98,7 +101,13 @@ impl SimClr {
         let encoder = resnet::ResNet::new(&(root / Self::ENCODER), cfg, image_size);
         let h_dim = encoder.out_dim();
         let hidden = cfg.head_hidden.unwrap_or(h_dim);
-        let head = head::ProjectionHead::new(&(root / "head"), h_dim, hidden, cfg.proj_dim, cfg.head_layers);
+        let head = head::ProjectionHead::new(
+            &(root / "head"),
+            h_dim,
+            hidden,
+            cfg.proj_dim,
+            cfg.head_layers,
+        );
         SimClr { encoder, head }
     }
 
@@ -117,7 +126,11 @@ mod tests {
 
     fn build(arch: Arch, image_size: usize) -> (nn::VarStore, SimClr) {
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = ModelConfig { arch, width: 0.125, ..Default::default() };
+        let cfg = ModelConfig {
+            arch,
+            width: 0.125,
+            ..Default::default()
+        };
         let model = SimClr::new(&vs.root(), &cfg, image_size);
         (vs, model)
     }
@@ -143,7 +156,10 @@ mod tests {
 
     #[test]
     fn validate_names_the_bad_field() {
-        let cfg = ModelConfig { width: 0.0, ..Default::default() };
+        let cfg = ModelConfig {
+            width: 0.0,
+            ..Default::default()
+        };
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("model.width"), "{err}");
     }

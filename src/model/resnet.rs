@@ -73,7 +73,11 @@ impl Block {
             conv: conv2d(&p / "downsample" / "0", c_in, c_out, 1, stride),
             bn: batch_norm(&p / "downsample" / "1", c_out),
         });
-        Block { convs, bns, downsample }
+        Block {
+            convs,
+            bns,
+            downsample,
+        }
     }
 }
 
@@ -136,14 +140,26 @@ impl ResNet {
             let lp = p / format!("layer{}", i + 1);
             let layer = (0..count)
                 .map(|b| {
-                    let block = Block::new(&lp / b, c_in, planes, if b == 0 { stride } else { 1 }, bottleneck);
+                    let block = Block::new(
+                        &lp / b,
+                        c_in,
+                        planes,
+                        if b == 0 { stride } else { 1 },
+                        bottleneck,
+                    );
                     c_in = planes * expansion;
                     block
                 })
                 .collect();
             layers.push(layer);
         }
-        ResNet { conv1, bn1, max_pool: !cifar_stem, layers, out_dim: c_in }
+        ResNet {
+            conv1,
+            bn1,
+            max_pool: !cifar_stem,
+            layers,
+            out_dim: c_in,
+        }
     }
 
     /// Width of the representation h.

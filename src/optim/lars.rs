@@ -26,7 +26,14 @@ pub struct Lars {
 impl Lars {
     /// Updates `param` in place from its gradient; `velocity` is its momentum buffer.
     /// `regularized` is false for batch-norm and bias parameters.
-    pub fn update(&self, param: &mut Tensor, grad: &Tensor, velocity: &mut Tensor, lr: f64, regularized: bool) {
+    pub fn update(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        velocity: &mut Tensor,
+        lr: f64,
+        regularized: bool,
+    ) {
         tch::no_grad(|| {
             let ratio_times_grad = if regularized {
                 let g = grad + &*param * self.weight_decay;
@@ -34,12 +41,15 @@ impl Lars {
                 let g_norm = g.norm();
                 // No host sync: the trust ratio stays a device scalar.
                 let usable = w_norm.gt(0.0).logical_and(&g_norm.gt(0.0));
-                let ratio = (&w_norm / &g_norm * self.trust_coefficient).where_self(&usable, &w_norm.ones_like());
+                let ratio = (&w_norm / &g_norm * self.trust_coefficient)
+                    .where_self(&usable, &w_norm.ones_like());
                 g * ratio
             } else {
                 grad.shallow_clone()
             };
-            let _ = velocity.g_mul_scalar_(self.momentum).g_add_(&(ratio_times_grad * lr));
+            let _ = velocity
+                .g_mul_scalar_(self.momentum)
+                .g_add_(&(ratio_times_grad * lr));
             let _ = param.g_sub_(velocity);
         })
     }
@@ -56,7 +66,11 @@ mod tests {
 
     #[test]
     fn regularized_step_matches_the_formula() {
-        let lars = Lars { momentum: 0.9, weight_decay: 0.1, trust_coefficient: 0.001 };
+        let lars = Lars {
+            momentum: 0.9,
+            weight_decay: 0.1,
+            trust_coefficient: 0.001,
+        };
         let mut w = vector(&[3.0, 4.0]); // ‖w‖ = 5
         let g = vector(&[0.0, 0.6]); // g + λw = [0.3, 1.0]
         let mut v = vector(&[1.0, 1.0]);
@@ -75,7 +89,11 @@ mod tests {
     /// Batch-norm and bias parameters: no weight decay, no trust ratio — plain momentum SGD.
     #[test]
     fn unregularized_parameters_skip_decay_and_adaptation() {
-        let lars = Lars { momentum: 0.9, weight_decay: 0.5, trust_coefficient: 0.001 };
+        let lars = Lars {
+            momentum: 0.9,
+            weight_decay: 0.5,
+            trust_coefficient: 0.001,
+        };
         let mut w = vector(&[1.0, -2.0]);
         let g = vector(&[0.5, 0.25]);
         let mut v = Tensor::zeros([2], (Kind::Double, Device::Cpu));
@@ -86,7 +104,11 @@ mod tests {
 
     #[test]
     fn zero_weights_use_ratio_one() {
-        let lars = Lars { momentum: 0.0, weight_decay: 0.0, trust_coefficient: 0.001 };
+        let lars = Lars {
+            momentum: 0.0,
+            weight_decay: 0.0,
+            trust_coefficient: 0.001,
+        };
         let mut w = vector(&[0.0, 0.0]);
         let g = vector(&[1.0, 1.0]);
         let mut v = vector(&[0.0, 0.0]);

@@ -23,7 +23,9 @@ pub enum OptimizerKind {
     Adamw,
 }
 
-/// Optimisation hyper-parameters (defaults: the official CIFAR recipe, scaled down).
+/// Optimisation hyper-parameters (defaults: the official CIFAR recipe's peak learning rate,
+/// 1.0 x 512/256 = 2.0, reached at batch 256 with a one-epoch warm-up: the built-in default run
+/// is a few hundred steps long, and LARS's small per-layer steps want the high end there).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
@@ -45,7 +47,7 @@ impl Default for OptimConfig {
     fn default() -> Self {
         OptimConfig {
             optimizer: OptimizerKind::Lars,
-            lr: 1.0,
+            lr: 2.0,
             lr_scaling: LrScaling::Linear,
             weight_decay: 1e-4,
             momentum: 0.9,
@@ -61,17 +63,23 @@ impl OptimConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("optim.lr must be a positive number, got {}", self.lr);
         }
-        if !(self.weight_decay >= 0.0) {
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             bail!("optim.weight_decay must be >= 0, got {}", self.weight_decay);
         }
         if !(0.0..1.0).contains(&self.momentum) {
             bail!("optim.momentum must be in [0, 1), got {}", self.momentum);
         }
-        if !(self.trust_coefficient > 0.0) {
-            bail!("optim.trust_coefficient must be > 0, got {}", self.trust_coefficient);
+        if !(self.trust_coefficient.is_finite() && self.trust_coefficient > 0.0) {
+            bail!(
+                "optim.trust_coefficient must be > 0, got {}",
+                self.trust_coefficient
+            );
         }
-        if !(self.warmup_epochs >= 0.0) {
-            bail!("optim.warmup_epochs must be >= 0, got {}", self.warmup_epochs);
+        if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
+            bail!(
+                "optim.warmup_epochs must be >= 0, got {}",
+                self.warmup_epochs
+            );
         }
         Ok(())
     }
@@ -100,9 +108,17 @@ const ADAM_EPS: f64 = 1e-8;
 impl Optimizer {
     /// Collects the trainable variables of `vs`, in name order, with zeroed state.
     pub fn new(vs: &VarStore, cfg: &OptimConfig) -> Optimizer {
-        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut named: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        let buffers = if cfg.optimizer == OptimizerKind::Adamw { 2 } else { 1 };
+        let buffers = if cfg.optimizer == OptimizerKind::Adamw {
+            2
+        } else {
+            1
+        };
         let params = named
             .into_iter()
             .map(|(name, tensor)| Param {
@@ -112,12 +128,20 @@ impl Optimizer {
                 tensor,
             })
             .collect();
-        Optimizer { cfg: cfg.clone(), params, steps: 0 }
+        Optimizer {
+            cfg: cfg.clone(),
+            params,
+            steps: 0,
+        }
     }
 
     /// Names of the parameters excluded from weight decay and LARS adaptation.
     pub fn unregularized(&self) -> Vec<&str> {
-        self.params.iter().filter(|p| !p.regularized).map(|p| p.name.as_str()).collect()
+        self.params
+            .iter()
+            .filter(|p| !p.regularized)
+            .map(|p| p.name.as_str())
+            .collect()
     }
 
     /// Clears every gradient before the next backward pass.
@@ -139,19 +163,27 @@ impl Optimizer {
             let wd = if p.regularized { cfg.weight_decay } else { 0.0 };
             match cfg.optimizer {
                 OptimizerKind::Lars => {
-                    let lars = lars::Lars { momentum: cfg.momentum, weight_decay: cfg.weight_decay, trust_coefficient: cfg.trust_coefficient };
+                    let lars = lars::Lars {
+                        momentum: cfg.momentum,
+                        weight_decay: cfg.weight_decay,
+                        trust_coefficient: cfg.trust_coefficient,
+                    };
                     lars.update(&mut p.tensor, &grad, &mut p.state[0], lr, p.regularized);
                 }
                 OptimizerKind::Sgd => tch::no_grad(|| {
                     // PyTorch's SGD: v ← m·v + (g + λw); w ← w − lr·v.
-                    let _ = p.state[0].g_mul_scalar_(cfg.momentum).g_add_(&(&grad + &p.tensor * wd));
+                    let _ = p.state[0]
+                        .g_mul_scalar_(cfg.momentum)
+                        .g_add_(&(&grad + &p.tensor * wd));
                     let _ = p.tensor.g_sub_(&(&p.state[0] * lr));
                 }),
                 OptimizerKind::Adamw => tch::no_grad(|| {
                     // Loshchilov & Hutter: decoupled decay, w ← w − lr·(m̂/(√v̂+ε) + λw).
                     let (b1, t) = (cfg.momentum, self.steps as i32);
                     let _ = p.state[0].g_mul_scalar_(b1).g_add_(&(&grad * (1.0 - b1)));
-                    let _ = p.state[1].g_mul_scalar_(ADAM_BETA2).g_add_(&(grad.square() * (1.0 - ADAM_BETA2)));
+                    let _ = p.state[1]
+                        .g_mul_scalar_(ADAM_BETA2)
+                        .g_add_(&(grad.square() * (1.0 - ADAM_BETA2)));
                     let m_hat = &p.state[0] / (1.0 - b1.powi(t));
                     let v_hat = &p.state[1] / (1.0 - ADAM_BETA2.powi(t));
                     let update = m_hat / (v_hat.sqrt() + ADAM_EPS) + &p.tensor * wd;
@@ -166,7 +198,12 @@ impl Optimizer {
         let tensors = self
             .params
             .iter()
-            .flat_map(|p| p.state.iter().enumerate().map(move |(i, t)| (format!("{i}.{}", p.name), t.shallow_clone())))
+            .flat_map(|p| {
+                p.state
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, t)| (format!("{i}.{}", p.name), t.shallow_clone()))
+            })
             .collect();
         (tensors, self.steps)
     }
@@ -176,9 +213,15 @@ impl Optimizer {
         for p in &mut self.params {
             for (i, buffer) in p.state.iter_mut().enumerate() {
                 let key = format!("{i}.{}", p.name);
-                let saved = tensors.get(&key).with_context(|| format!("optimizer state '{key}' missing from checkpoint"))?;
+                let saved = tensors
+                    .get(&key)
+                    .with_context(|| format!("optimizer state '{key}' missing from checkpoint"))?;
                 if saved.size() != buffer.size() {
-                    bail!("optimizer state '{key}' has shape {:?}, the model needs {:?}", saved.size(), buffer.size());
+                    bail!(
+                        "optimizer state '{key}' has shape {:?}, the model needs {:?}",
+                        saved.size(),
+                        buffer.size()
+                    );
                 }
                 tch::no_grad(|| buffer.copy_(saved));
             }
@@ -206,24 +249,47 @@ mod tests {
         let vs = VarStore::new(Device::Cpu);
         let _model = tiny_model(&vs);
         let opt = Optimizer::new(&vs, &OptimConfig::default());
-        assert_eq!(opt.unregularized(), ["bn.bias", "bn.weight", "conv.bias", "fc.bias"]);
+        assert_eq!(
+            opt.unregularized(),
+            ["bn.bias", "bn.weight", "conv.bias", "fc.bias"]
+        );
     }
 
     /// With a zero gradient, only weight decay moves a parameter: BN and biases must not move.
     #[test]
     fn weight_decay_skips_batch_norm_and_biases() {
-        for optimizer in [OptimizerKind::Lars, OptimizerKind::Sgd, OptimizerKind::Adamw] {
+        for optimizer in [
+            OptimizerKind::Lars,
+            OptimizerKind::Sgd,
+            OptimizerKind::Adamw,
+        ] {
             let vs = VarStore::new(Device::Cpu);
             let (conv, bn, fc) = tiny_model(&vs);
-            let cfg = OptimConfig { optimizer, weight_decay: 0.1, ..Default::default() };
+            let cfg = OptimConfig {
+                optimizer,
+                weight_decay: 0.1,
+                ..Default::default()
+            };
             let mut opt = Optimizer::new(&vs, &cfg);
-            let before: HashMap<String, Tensor> = vs.variables().into_iter().map(|(k, t)| (k, t.copy())).collect();
+            let before: HashMap<String, Tensor> = vs
+                .variables()
+                .into_iter()
+                .map(|(k, t)| (k, t.copy()))
+                .collect();
             // A loss whose gradient is zero everywhere, so every parameter gets a defined zero grad.
             let x = Tensor::rand([2, 3, 5, 5], (Kind::Float, Device::Cpu));
-            let y = x.apply(&conv).apply_t(&bn, true).mean_dim(&[2i64, 3][..], false, Kind::Float).apply(&fc);
+            let y = x
+                .apply(&conv)
+                .apply_t(&bn, true)
+                .mean_dim(&[2i64, 3][..], false, Kind::Float)
+                .apply(&fc);
             (y.sum(Kind::Float) * 0.0).backward();
             opt.step(0.5);
-            for (name, t) in vs.variables().into_iter().filter(|(_, t)| t.requires_grad()) {
+            for (name, t) in vs
+                .variables()
+                .into_iter()
+                .filter(|(_, t)| t.requires_grad())
+            {
                 let moved = (&t - &before[&name]).abs().max().double_value(&[]) > 0.0;
                 let regularized = t.dim() >= 2;
                 assert_eq!(moved, regularized, "{optimizer:?}: {name} moved={moved}");
@@ -235,13 +301,17 @@ mod tests {
     fn state_round_trips() -> Result<()> {
         let vs = VarStore::new(Device::Cpu);
         let _model = tiny_model(&vs);
-        let cfg = OptimConfig { optimizer: OptimizerKind::Adamw, ..Default::default() };
+        let cfg = OptimConfig {
+            optimizer: OptimizerKind::Adamw,
+            ..Default::default()
+        };
         let mut opt = Optimizer::new(&vs, &cfg);
         for p in &mut opt.params {
             let _ = p.state[1].fill_(3.0);
         }
         let (tensors, _) = opt.state();
-        let map: HashMap<String, Tensor> = tensors.into_iter().map(|(k, t)| (k, t.copy())).collect();
+        let map: HashMap<String, Tensor> =
+            tensors.into_iter().map(|(k, t)| (k, t.copy())).collect();
         let mut fresh = Optimizer::new(&vs, &cfg);
         fresh.load_state(&map, 7)?;
         assert_eq!(fresh.steps, 7);

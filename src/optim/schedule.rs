@@ -56,11 +56,21 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine_to_zero() {
-        let s = Schedule { peak: 2.0, warmup_steps: 10, total_steps: 110 };
+        let s = Schedule {
+            peak: 2.0,
+            warmup_steps: 10,
+            total_steps: 110,
+        };
         assert_eq!(s.lr(0), 0.0);
         assert!((s.lr(5) - 1.0).abs() < 1e-12);
-        assert!((s.lr(10) - 2.0).abs() < 1e-12, "peak exactly at the end of warm-up");
-        assert!((s.lr(60) - 1.0).abs() < 1e-12, "half-way through the cosine");
+        assert!(
+            (s.lr(10) - 2.0).abs() < 1e-12,
+            "peak exactly at the end of warm-up"
+        );
+        assert!(
+            (s.lr(60) - 1.0).abs() < 1e-12,
+            "half-way through the cosine"
+        );
         assert!(s.lr(109) > 0.0 && s.lr(109) < 1e-3);
         assert!(s.lr(110).abs() < 1e-12, "zero at the end");
         let lrs: Vec<f64> = (10..=110).map(|k| s.lr(k)).collect();
@@ -69,7 +79,11 @@ mod tests {
 
     #[test]
     fn no_warmup() {
-        let s = Schedule { peak: 1.0, warmup_steps: 0, total_steps: 4 };
+        let s = Schedule {
+            peak: 1.0,
+            warmup_steps: 0,
+            total_steps: 4,
+        };
         assert_eq!(s.lr(0), 1.0);
         assert!((s.lr(2) - 0.5).abs() < 1e-12);
     }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One prepared check for a GPU machine (see README, "GPU check"). Build here first
+# (`cargo build --release`), carry target/release/simclr, and run this there: it uses that
+# machine's own torch libraries, prints `simclr info`, then trains the default model for a few
+# epochs on CUDA in fp32 and in bf16 and prints the throughput of each.
+# Usage: scripts/gpu-check.sh [path/to/simclr]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:-target/release/simclr}
+torch_lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+echo "== simclr info"
+"$bin" info --json
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+for precision in fp32 bf16; do
+  echo "== train: default model, 3 epochs, cuda, $precision"
+  "$bin" train --out "$out/$precision" --device cuda --precision "$precision" --epochs 3 \
+    --knn-every 0 --json | tail -n 1
+  grep '"train/images_per_sec"' "$out/$precision/metrics.jsonl" | tail -n 1
+done

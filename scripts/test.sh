@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: set-up (idempotent), formatting, lints, then the
+# unit tests and the end-to-end tests of the binary (tiny models and images; a few minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+# Release: the tests train real (tiny) models, and the main job's build is then reused.
+cargo test --release

@@ -1,0 +1,19 @@
+//! simclr-rs: SimCLR (Chen, Kornblith, Norouzi, Hinton 2020, <https://arxiv.org/abs/2002.05709>)
+//! contrastive self-supervised pre-training of image encoders on libtorch through `tch`.
+//!
+//! The data flows: [`data`] (datasets, two-view augmentation, loader) -> [`model`] (encoder f,
+//! head g) -> [`objective`] (NT-Xent) -> [`optim`] (LARS, schedule) in the loop of [`train`],
+//! reported by [`logging`], saved by [`checkpoint`], watched by [`eval`], shipped by [`export`].
+//! The binary's command line is [`cli`]; [`shim`] wraps the small C++ shim over libtorch.
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod export;
+pub mod logging;
+pub mod model;
+pub mod objective;
+pub mod optim;
+pub mod shim;
+pub mod train;

@@ -1,0 +1,76 @@
+//! The command line's contract: `info --json`, and one-line errors (no panic) for bad input.
+mod common;
+use common::{last_json, run, run_ok};
+
+#[test]
+fn info_reports_the_build() {
+    let info = last_json(&run_ok(&["info", "--json"]));
+    assert!(
+        info["torch_version"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("2.11"),
+        "{info}"
+    );
+    for key in [
+        "cuda_available",
+        "cuda_device_count",
+        "cudnn_available",
+        "threads",
+    ] {
+        assert!(!info[key].is_null(), "info lacks {key}: {info}");
+    }
+    // scripts/setup.sh installs the Gloo and NCCL headers, so both must be compiled in.
+    assert_eq!(info["gloo"], true, "{info}");
+    assert_eq!(info["nccl"], true, "{info}");
+}
+
+/// Bad input fails with a non-zero exit and one line naming the culprit, never a panic.
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let config = tmp.path().join("bad.json");
+    std::fs::write(&config, r#"{"run": {"epochz": 3}}"#).expect("write config");
+    let out_dir = tmp.path().join("run");
+    let out_dir = out_dir.to_string_lossy();
+    let missing = tmp.path().join("nothing");
+    let missing = missing.to_string_lossy();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["train", "--out", &out_dir, "--data", "imagenet"],
+            "imagenet",
+        ),
+        (
+            &["train", "--out", &out_dir, "--temperature", "0"],
+            "objective.temperature",
+        ),
+        (
+            &["train", "--out", &out_dir, "--batch-size", "1"],
+            "run.batch_size",
+        ),
+        (
+            &[
+                "train",
+                "--out",
+                &out_dir,
+                "--config",
+                &config.to_string_lossy(),
+            ],
+            "epochz",
+        ),
+        (&["train", "--resume", &missing], "does not exist"),
+    ];
+    for (args, culprit) in cases {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        // One error line (clap may add its "try '--help'" hint below it).
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: not one error line: {stderr}");
+        assert!(
+            errors[0].contains(culprit),
+            "{args:?}: '{culprit}' not named in: {stderr}"
+        );
+    }
+}
