@@ -101,15 +101,18 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
     );
 
     // ---- kNN before training: the baseline the representation must beat
-    let knn_top1_before = if resume.is_none() {
-        let acc = knn::monitor(
+    let run_knn = || {
+        knn::monitor(
             &model.encoder,
             &train_set,
             &test_set,
             image_size,
             cfg.run.knn_k,
             device,
-        );
+        )
+    };
+    let knn_top1_before = if resume.is_none() {
+        let acc = run_knn();
         logger.log(0, 0.0, &[("eval/knn_top1", acc)])?;
         eprintln!("kNN top-1 before training: {:.2}%", 100.0 * acc);
         Some(acc)
@@ -117,8 +120,7 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
         None
     };
 
-    let mut final_loss = None;
-    let mut knn_top1 = knn_top1_before.unwrap_or(f64::NAN);
+    let (mut final_loss, mut last_knn) = (None, None);
     for epoch in start_epoch..cfg.run.epochs as u64 {
         let bar = epoch_bar(epoch, cfg.run.epochs as u64, steps_per_epoch);
         let epoch_start = Instant::now();
@@ -198,31 +200,16 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
             epoch_start.elapsed().as_secs_f64()
         );
         if last || (cfg.run.knn_every > 0 && epochs_done % cfg.run.knn_every as u64 == 0) {
-            knn_top1 = knn::monitor(
-                &model.encoder,
-                &train_set,
-                &test_set,
-                image_size,
-                cfg.run.knn_k,
-                device,
-            );
+            let knn_top1 = run_knn();
             logger.log(step, epochs_done as f64, &[("eval/knn_top1", knn_top1)])?;
             line += &format!(", kNN top-1 {:.2}%", 100.0 * knn_top1);
+            last_knn = Some(knn_top1);
         }
         logger.flush()?;
         eprintln!("{line}");
     }
-    if final_loss.is_none() {
-        // A resumed run that had already finished: measure what it holds.
-        knn_top1 = knn::monitor(
-            &model.encoder,
-            &train_set,
-            &test_set,
-            image_size,
-            cfg.run.knn_k,
-            device,
-        );
-    }
+    // A resumed run that had already finished trains nothing: measure what it holds.
+    let knn_top1 = last_knn.unwrap_or_else(run_knn);
 
     // ---- export the encoder f
     let encoder = run_dir.join("encoder.pt");
