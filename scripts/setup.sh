@@ -3,7 +3,8 @@
 #   - Debian's libgloo-dev (Gloo headers for libtorch's ProcessGroupGloo),
 #   - .venv with torch==2.11.0 (libtorch itself, CUDA 13 runtime libraries included)
 #     and cuda-toolkit[nvcc,cccl]==13.0.2 (CUDA and NCCL headers for the shim), plus
-#     torchvision==0.26.0 (the reference the tests compare against) and tensorboard (to watch runs),
+#     torchvision==0.26.0 and safetensors (the references and clients the tests use) and
+#     tensorboard (to watch runs),
 #   - .libtorch -> the venv's torch package, which .cargo/config.toml points LIBTORCH at,
 #     so that a plain `cargo build --release` needs no environment variables.
 # Quiet when everything is already in place; re-run it any time.
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
 # torchvision is the tests' reference (parameter names, augmentation ops), not a dependency.
-PY_REQUIREMENTS=("torch==${TORCH_VERSION}" "torchvision==0.26.0" "tensorboard==2.20.0" "cuda-toolkit[nvcc,cccl]==13.0.2" "numpy")
+PY_REQUIREMENTS=("torch==${TORCH_VERSION}" "torchvision==0.26.0" "tensorboard==2.20.0" "safetensors==0.8.0" "cuda-toolkit[nvcc,cccl]==13.0.2" "numpy")
 VENV=.venv
 STAMP="$VENV/.simclr-setup"
 

@@ -6,6 +6,7 @@
 //! variable (weights and batch-norm running statistics), `optim.<i>.<name>` for the
 //! optimiser's buffers, and `meta`, the UTF-8 bytes of [`Meta`] as JSON.
 use crate::config::Config;
+use crate::model::SimClr;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -155,6 +156,19 @@ pub fn restore_variables(
         tch::no_grad(|| var.shallow_clone().copy_(value));
     }
     Ok(())
+}
+
+/// Rebuilds the network of a checkpoint on `device` with its weights: what every command that
+/// starts from a trained model (export, evaluation) needs. Returns the var store too, which owns
+/// the weights.
+pub fn load_model(path: &Path, device: Device) -> Result<(tch::nn::VarStore, SimClr, Config)> {
+    let ckpt = load(path, device)?;
+    let cfg = ckpt.meta.config;
+    let vs = tch::nn::VarStore::new(device);
+    let model = SimClr::new(&vs.root(), &cfg.model, cfg.data.image_size);
+    restore_variables(&vs.variables(), &ckpt.model)
+        .with_context(|| format!("loading {}", path.display()))?;
+    Ok((vs, model, cfg))
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 use crate::checkpoint;
 use crate::config::{Config, DeviceChoice, Precision};
 use crate::data::DataSpec;
+use crate::eval::{features, knn, linear};
 use crate::export;
-use crate::model::{Arch, SimClr, Stem};
+use crate::model::{Arch, Stem};
 use crate::optim::{LrScaling, OptimizerKind};
 use crate::shim;
 use crate::train;
@@ -34,6 +35,9 @@ enum Command {
     },
     /// Pre-train an encoder (flags override --config; the resolved config goes to OUT/config.json).
     Train(Box<TrainArgs>),
+    /// Evaluate the representation of a checkpoint.
+    #[command(subcommand)]
+    Eval(EvalCommand),
     /// Export the encoder of a checkpoint.
     Export {
         /// Checkpoint file (a run's checkpoints/last.pt or epoch-NNNN.pt).
@@ -52,6 +56,50 @@ enum Command {
 enum ExportFormat {
     /// Traced encoder f (eval mode), for torch.jit.load / tch::CModule.
     Torchscript,
+    /// Encoder weights under torchvision's names, for torchvision.models.resnet*.
+    Safetensors,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Linear evaluation protocol: a linear classifier on frozen features (L2 penalty chosen on
+    /// a held-out 10% of train), top-1/top-5 on the test split. Features are cached beside the
+    /// checkpoint (feature-cache/).
+    Linear {
+        /// Checkpoint file (a run's checkpoints/last.pt or epoch-NNNN.pt).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Dataset with train and test splits [default: the run's].
+        #[arg(long)]
+        data: Option<DataSpec>,
+        /// Add horizontally flipped copies of the train images.
+        #[arg(long)]
+        flip: bool,
+        /// auto, cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Weighted kNN (cosine, exp(sim/0.1) votes) of the encoder's representation h.
+    Knn {
+        /// Checkpoint file (a run's checkpoints/last.pt or epoch-NNNN.pt).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Dataset whose train split is the bank and test split is queried [default: the run's].
+        #[arg(long)]
+        data: Option<DataSpec>,
+        /// Neighbours.
+        #[arg(long, default_value_t = 200)]
+        k: usize,
+        /// auto, cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `simclr train` flags; each one overrides the same field of the configuration.
@@ -195,6 +243,20 @@ pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Info { json } => info(json),
         Command::Train(args) => train_command(&args),
+        Command::Eval(EvalCommand::Linear {
+            checkpoint,
+            data,
+            flip,
+            device,
+            json,
+        }) => eval_linear(&checkpoint, data, flip, device, json),
+        Command::Eval(EvalCommand::Knn {
+            checkpoint,
+            data,
+            k,
+            device,
+            json,
+        }) => eval_knn(&checkpoint, data, k, device, json),
         Command::Export {
             checkpoint,
             format,
@@ -249,17 +311,95 @@ fn train_command(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn eval_knn(
+    checkpoint_path: &Path,
+    data: Option<DataSpec>,
+    k: usize,
+    device: DeviceChoice,
+    as_json: bool,
+) -> Result<()> {
+    if k == 0 {
+        anyhow::bail!("--k must be >= 1");
+    }
+    let device = device.resolve()?;
+    let (_vs, model, cfg) = checkpoint::load_model(checkpoint_path, device)?;
+    let spec = data.unwrap_or(cfg.data.spec.clone());
+    let splits = crate::data::load(&spec, cfg.run.seed)?;
+    let top1 = knn::monitor(
+        &model.encoder,
+        &splits.train,
+        &splits.test,
+        cfg.data.image_size,
+        k,
+        device,
+    );
+    eprintln!("kNN (k={k}) top-1 on {spec}: {:.2}%", 100.0 * top1);
+    if as_json {
+        println!(
+            "{}",
+            json!({"checkpoint": checkpoint_path, "data": spec.to_string(), "k": k, "knn_top1": top1})
+        );
+    }
+    Ok(())
+}
+
+fn eval_linear(
+    checkpoint_path: &Path,
+    data: Option<DataSpec>,
+    flip: bool,
+    device: DeviceChoice,
+    as_json: bool,
+) -> Result<()> {
+    let device = device.resolve()?;
+    let ckpt_cfg = checkpoint::load(checkpoint_path, tch::Device::Cpu)?
+        .meta
+        .config;
+    let spec = data.unwrap_or(ckpt_cfg.data.spec.clone());
+    let image_size = ckpt_cfg.data.image_size;
+    let cache = features::cache_path(checkpoint_path, &spec, image_size, flip)?;
+    let (train, test, cached) = match features::load_cached(&cache, device) {
+        Some((train, test)) => (train, test, true),
+        None => {
+            let (_vs, model, cfg) = checkpoint::load_model(checkpoint_path, device)?;
+            let splits = crate::data::load(&spec, cfg.run.seed)?;
+            let train =
+                features::representations(&model.encoder, &splits.train, image_size, device, flip);
+            let test =
+                features::representations(&model.encoder, &splits.test, image_size, device, false);
+            features::store_cached(&cache, &train, &test)?;
+            (train, test, false)
+        }
+    };
+    let num_classes = train
+        .labels
+        .max()
+        .max_other(&test.labels.max())
+        .int64_value(&[])
+        + 1;
+    let result = linear::evaluate(&train, &test, num_classes, ckpt_cfg.run.seed);
+    eprintln!(
+        "linear evaluation on {spec}: top-1 {:.2}%, top-5 {:.2}% (L2 penalty {:e}{})",
+        100.0 * result.top1,
+        100.0 * result.top5,
+        result.penalty,
+        if cached { ", cached features" } else { "" }
+    );
+    if as_json {
+        println!(
+            "{}",
+            json!({"checkpoint": checkpoint_path, "data": spec.to_string(), "flip": flip, "cached_features": cached, "top1": result.top1, "top5": result.top5, "penalty": result.penalty, "validation_top1": result.validation_top1})
+        );
+    }
+    Ok(())
+}
+
 fn export_command(checkpoint_path: &Path, format: ExportFormat, out: &Path) -> Result<()> {
-    let ckpt = checkpoint::load(checkpoint_path, tch::Device::Cpu)?;
-    let cfg = &ckpt.meta.config;
-    let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let model = SimClr::new(&vs.root(), &cfg.model, cfg.data.image_size);
-    checkpoint::restore_variables(&vs.variables(), &ckpt.model)
-        .with_context(|| format!("loading {}", checkpoint_path.display()))?;
+    let (mut vs, model, cfg) = checkpoint::load_model(checkpoint_path, tch::Device::Cpu)?;
     match format {
         ExportFormat::Torchscript => {
             export::torchscript(&mut vs, &model.encoder, cfg.data.image_size, out)?
         }
+        ExportFormat::Safetensors => export::safetensors(&vs, out)?,
     }
     eprintln!("wrote {}", out.display());
     Ok(())

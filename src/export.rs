@@ -1,12 +1,17 @@
-//! Export of the trained encoder f as TorchScript (`encoder.pt`), for `torch.jit.load` in
-//! Python or C++ and `tch::CModule` in Rust.
+//! Export of the trained encoder f: as TorchScript (`encoder.pt`), for `torch.jit.load` in
+//! Python or C++ and `tch::CModule` in Rust; and as safetensors weights under torchvision's
+//! names, for `torchvision.models.resnetXX().load_state_dict(..., strict=False)` (only `fc.*`
+//! and `num_batches_tracked` are missing). A CIFAR-stem encoder's `conv1.weight` is 3x3, so it
+//! loads only into a torchvision ResNet whose `conv1` was replaced by a 3x3 stride-1 conv and
+//! whose `maxpool` by `nn.Identity()`.
 //!
+//! TorchScript contract:
 //! Input contract: a float32 tensor `[B, 3, S, S]`, RGB, values in [0, 1], no mean/std
 //! normalisation (SimCLR trains on raw [0, 1] pixels), S = the training image size (other
 //! sizes work with the ImageNet stem; the CIFAR stem is meant for <= 32 px). Output: the
 //! representation h `[B, D]` (before the projection head), from the network in eval mode
 //! (batch-norm running statistics), for any batch size. Weights are embedded as constants.
-use crate::model::resnet::ResNet;
+use crate::model::{resnet::ResNet, SimClr};
 use anyhow::{Context, Result};
 use std::path::Path;
 use tch::nn::{ModuleT, VarStore};
@@ -42,6 +47,27 @@ pub fn torchscript(
     // constant that requires grad cannot be serialised.
     vs.unfreeze();
     saved
+}
+
+/// Writes the encoder's weights and batch-norm statistics, named as torchvision names them
+/// (the var store's `encoder.` prefix removed), as float32 safetensors at `path`.
+pub fn safetensors(vs: &VarStore, path: &Path) -> Result<()> {
+    let prefix = format!("{}.", SimClr::ENCODER);
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter_map(|(name, t)| {
+            name.strip_prefix(&prefix).map(|n| {
+                (
+                    n.to_string(),
+                    t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous(),
+                )
+            })
+        })
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&named, path)
+        .with_context(|| format!("writing safetensors {}", path.display()))
 }
 
 #[cfg(test)]

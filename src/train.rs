@@ -112,6 +112,14 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
         )
     };
     let knn_top1_before = if resume.is_none() {
+        // The initial weights are kept too (epoch-0000.pt): the baseline of every evaluation.
+        save_checkpoint(
+            run_dir,
+            &vs,
+            &optimizer,
+            Meta::new(0, 0, 0, cfg.clone()),
+            cfg.run.checkpoint_every,
+        )?;
         let acc = run_knn();
         logger.log(0, 0.0, &[("eval/knn_top1", acc)])?;
         eprintln!("kNN top-1 before training: {:.2}%", 100.0 * acc);

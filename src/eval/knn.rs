@@ -2,14 +2,14 @@
 //! used by lightly, solo-learn and InstDisc (Wu et al. 2018): the train split is the feature
 //! bank, each test image votes with its k most similar bank entries, weighted by exp(sim/T).
 //! Cheap enough to run during training, and a faithful trend of linear-probe accuracy.
-use crate::data::{loader::eval_batches, ImageSet};
+use crate::data::ImageSet;
+use crate::eval::features::representations;
 use crate::model::resnet::ResNet;
-use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
 /// Temperature of the vote weights (0.1, as in InstDisc and lightly).
 pub const KNN_TEMPERATURE: f64 = 0.1;
-const BATCH: usize = 256;
+const QUERY_BATCH: i64 = 256;
 
 /// Unit-norm representations h of every image (evaluation transform, eval mode).
 ///
@@ -21,16 +21,12 @@ pub fn features(
     image_size: usize,
     device: Device,
 ) -> (Tensor, Tensor) {
-    tch::no_grad(|| {
-        let (feats, labels): (Vec<Tensor>, Vec<Tensor>) =
-            eval_batches(set, image_size, BATCH, device)
-                .map(|(x, y)| {
-                    let h = encoder.forward_t(&x, false).to_kind(Kind::Float);
-                    (&h / h.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12), y)
-                })
-                .unzip();
-        (Tensor::cat(&feats, 0), Tensor::cat(&labels, 0))
-    })
+    let split = representations(encoder, set, image_size, device, false);
+    let h = split.features;
+    (
+        &h / h.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12),
+        split.labels,
+    )
 }
 
 /// Top-1 accuracy of weighted kNN: each query takes the `k` most cosine-similar bank rows,
@@ -50,9 +46,9 @@ pub fn weighted_knn_top1(
     let k = k.min(bank.size()[0]);
     let mut correct = 0i64;
     for (q, y) in queries
-        .split(BATCH as i64, 0)
+        .split(QUERY_BATCH, 0)
         .iter()
-        .zip(query_labels.split(BATCH as i64, 0))
+        .zip(query_labels.split(QUERY_BATCH, 0))
     {
         let sim = q.matmul(&bank.tr()); // [m, N]
         let (top_sim, top_idx) = sim.topk(k, 1, true, true); // [m, k]
