@@ -76,7 +76,8 @@ fn safetensors_load_into_torchvision_with_the_same_features() {
 #[test]
 fn eval_knn_reports_json_for_a_checkpoint() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let dir = tiny_standard_stem_run(&tmp);
+    let dir = run_dir(&tmp, "tiny");
+    run_ok(&as_strs(&tiny_run(&dir, 1)));
     let ckpt = dir.join("checkpoints/last.pt");
     let out = run_ok(&[
         "eval",
