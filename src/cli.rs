@@ -3,7 +3,7 @@
 use crate::checkpoint;
 use crate::config::{Config, DeviceChoice, Precision};
 use crate::data::DataSpec;
-use crate::eval::{features, knn, linear};
+use crate::eval::{features, finetune, knn, linear};
 use crate::export;
 use crate::model::{Arch, Stem};
 use crate::optim::{LrScaling, OptimizerKind};
@@ -38,6 +38,9 @@ enum Command {
     /// Evaluate the representation of a checkpoint.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Fine-tune the encoder with a linear classifier on a class-balanced fraction of the labels
+    /// (SimCLR's 1% / 10% semi-supervised protocol); top-1/top-5 on the test split.
+    Finetune(FinetuneArgs),
     /// Export the encoder of a checkpoint.
     Export {
         /// Checkpoint file (a run's checkpoints/last.pt or epoch-NNNN.pt).
@@ -100,6 +103,38 @@ enum EvalCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `simclr finetune` flags.
+#[derive(Args)]
+struct FinetuneArgs {
+    /// Checkpoint file (a run's checkpoints/last.pt or epoch-NNNN.pt).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Dataset with train and test splits [default: the run's].
+    #[arg(long)]
+    data: Option<DataSpec>,
+    /// Fraction of the train labels to use, per class (e.g. 0.01 or 0.1).
+    #[arg(long)]
+    label_fraction: f64,
+    /// Epochs over the labelled subset.
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Labelled images per step (capped at the subset's size).
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Seed of the subset, the classifier's initialisation and the augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Loader threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `simclr train` flags; each one overrides the same field of the configuration.
@@ -257,6 +292,7 @@ pub fn run() -> Result<()> {
             device,
             json,
         }) => eval_knn(&checkpoint, data, k, device, json),
+        Command::Finetune(args) => finetune_command(&args),
         Command::Export {
             checkpoint,
             format,
@@ -388,6 +424,50 @@ fn eval_linear(
         println!(
             "{}",
             json!({"checkpoint": checkpoint_path, "data": spec.to_string(), "flip": flip, "cached_features": cached, "top1": result.top1, "top5": result.top5, "penalty": result.penalty, "validation_top1": result.validation_top1})
+        );
+    }
+    Ok(())
+}
+
+fn finetune_command(args: &FinetuneArgs) -> Result<()> {
+    let device = args.device.resolve()?;
+    tch::manual_seed(args.seed as i64);
+    let (vs, model, cfg) = checkpoint::load_model(&args.checkpoint, device)?;
+    let spec = args.data.clone().unwrap_or(cfg.data.spec.clone());
+    let splits = crate::data::load(&spec, cfg.run.seed)?;
+    let indices = finetune::label_subset(
+        &splits.train.labels,
+        splits.train.num_classes,
+        args.label_fraction,
+        args.seed,
+    )?;
+    eprintln!(
+        "fine-tuning on {} labelled images ({} of {spec}'s train split), {} epochs",
+        indices.len(),
+        args.label_fraction,
+        args.epochs
+    );
+    let result = finetune::finetune(
+        &vs,
+        &model.encoder,
+        &splits.train,
+        &splits.test,
+        &indices,
+        cfg.data.image_size,
+        args.epochs,
+        args.batch_size,
+        args.seed,
+        args.workers,
+    )?;
+    eprintln!(
+        "fine-tuned: top-1 {:.2}%, top-5 {:.2}%",
+        100.0 * result.top1,
+        100.0 * result.top5
+    );
+    if args.json {
+        println!(
+            "{}",
+            json!({"checkpoint": args.checkpoint, "data": spec.to_string(), "label_fraction": args.label_fraction, "labelled_images": result.labelled_images, "epochs": result.epochs, "top1": result.top1, "top5": result.top5})
         );
     }
     Ok(())

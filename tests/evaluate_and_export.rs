@@ -1,5 +1,5 @@
-//! `simclr export --format safetensors` and `simclr eval knn` through the binary, with
-//! torchvision (in the venv's Python) as the real client of the exported weights.
+//! `simclr export --format safetensors`, `simclr eval knn` and `simclr finetune` through the
+//! binary, with torchvision (in the venv's Python) as the real client of the exported weights.
 mod common;
 use common::{as_strs, last_json, python_output, run_dir, run_ok, tiny_run};
 use simclr::checkpoint;
@@ -95,4 +95,39 @@ fn eval_knn_reports_json_for_a_checkpoint() {
     assert!((0.0..=1.0).contains(&top1));
     assert_eq!(report["k"], 20);
     assert_eq!(report["data"], "synthetic");
+}
+
+#[test]
+fn finetune_uses_a_balanced_label_fraction_and_reports_json() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = run_dir(&tmp, "tiny");
+    run_ok(&as_strs(&tiny_run(&dir, 1)));
+    let ckpt = dir.join("checkpoints/last.pt");
+    let args = [
+        "finetune",
+        "--checkpoint",
+        &ckpt.to_string_lossy(),
+        "--label-fraction",
+        "0.02",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+    ];
+    let report = last_json(&run_ok(&args));
+    // The full synthetic train split has 500 images a class: 2% of each is 10, 100 in all.
+    assert_eq!(report["labelled_images"], 100, "{report}");
+    let (top1, top5) = (
+        report["top1"].as_f64().expect("top1"),
+        report["top5"].as_f64().expect("top5"),
+    );
+    assert!(
+        (0.0..=1.0).contains(&top1) && top1 <= top5 && top5 <= 1.0,
+        "{report}"
+    );
 }

@@ -1,0 +1,228 @@
+//! Semi-supervised fine-tuning on a fraction of the labels (SimCLR, Section 6 and Appendix
+//! B.5): "we fine-tune the pretrained network on 1% or 10% of the labeled data", sampled in a
+//! class-balanced way; the encoder and a new linear classifier on h are trained together, and
+//! top-1/top-5 are reported on the test split.
+//!
+//! The paper fine-tunes with Nesterov momentum, "batch size 4096, learning rate 0.8 (i.e.
+//! LearningRate = 0.05 x BatchSize/256) without warmup", no weight decay, random crops and
+//! flips only. Here: SGD with momentum 0.9 (classic, not Nesterov), learning rate 0.05 x B/256
+//! with cosine decay, no weight decay, crop + flip only; each step trains on the two augmented
+//! views the loader makes of every image (so 2B examples a step).
+use crate::data::augment::AugmentConfig;
+use crate::data::loader::{eval_batches, LoaderConfig, TwoViewLoader};
+use crate::data::ImageSet;
+use crate::model::resnet::ResNet;
+use crate::optim::{LrScaling, OptimConfig, Optimizer, OptimizerKind, Schedule};
+use anyhow::{bail, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use std::sync::Arc;
+use tch::nn::{self, ModuleT, VarStore};
+use tch::{Device, Kind, Tensor};
+
+/// Base learning rate of fine-tuning, scaled by B/256 (the paper's 0.05).
+pub const BASE_LR: f64 = 0.05;
+
+/// What fine-tuning reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinetuneResult {
+    pub top1: f64,
+    pub top5: f64,
+    /// Labelled training images used.
+    pub labelled_images: usize,
+    pub epochs: usize,
+}
+
+/// A class-balanced, seeded subset of `fraction` of the labels: from every class, the same
+/// share of its images (rounded, at least one), chosen by a shuffle seeded with `seed`.
+/// Returned in ascending index order.
+pub fn label_subset(
+    labels: &[i64],
+    num_classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> Result<Vec<usize>> {
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        bail!("--label-fraction must be in (0, 1], got {fraction}");
+    }
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+    let mut chosen = Vec::new();
+    for class in 0..num_classes as i64 {
+        let mut members: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
+        if members.is_empty() {
+            continue;
+        }
+        members.shuffle(&mut rng);
+        let take = ((members.len() as f64 * fraction).round() as usize).max(1);
+        chosen.extend_from_slice(&members[..take]);
+    }
+    chosen.sort_unstable();
+    Ok(chosen)
+}
+
+/// The images of `set` at `indices`, as a new set.
+fn subset(set: &ImageSet, indices: &[usize]) -> Result<ImageSet> {
+    let images = indices
+        .iter()
+        .flat_map(|&i| set.image(i).iter().copied())
+        .collect();
+    let labels = indices.iter().map(|&i| set.labels[i]).collect();
+    ImageSet::new(images, labels, set.height, set.width, set.num_classes)
+}
+
+/// Fine-tunes `encoder` (whose weights live in `vs`) with a new linear classifier on the
+/// labelled `subset` of `train`, then evaluates on `test`.
+#[allow(clippy::too_many_arguments)]
+pub fn finetune(
+    vs: &VarStore,
+    encoder: &ResNet,
+    train: &ImageSet,
+    test: &ImageSet,
+    indices: &[usize],
+    image_size: usize,
+    epochs: usize,
+    batch_size: usize,
+    seed: u64,
+    workers: usize,
+) -> Result<FinetuneResult> {
+    let device = vs.device();
+    let labelled = Arc::new(subset(train, indices)?);
+    let batch_size = batch_size.min(labelled.len());
+    if batch_size < 2 {
+        bail!(
+            "the labelled subset holds {} image(s): raise --label-fraction",
+            labelled.len()
+        );
+    }
+    let classifier = nn::linear(
+        &vs.root() / "finetune" / "fc",
+        encoder.out_dim(),
+        train.num_classes as i64,
+        Default::default(),
+    );
+    // Crops and flips only, as the paper fine-tunes.
+    let augment = AugmentConfig {
+        jitter_prob: 0.0,
+        grayscale_prob: 0.0,
+        ..AugmentConfig::default()
+    };
+    let loader_cfg = LoaderConfig {
+        batch_size,
+        image_size,
+        workers,
+        prefetch: 2,
+        seed,
+        rank: 0,
+        world_size: 1,
+    };
+    let loader = TwoViewLoader::new(labelled.clone(), augment, loader_cfg, device)?;
+    let optim_cfg = OptimConfig {
+        optimizer: OptimizerKind::Sgd,
+        lr: BASE_LR,
+        lr_scaling: LrScaling::Linear,
+        weight_decay: 0.0,
+        momentum: 0.9,
+        ..OptimConfig::default()
+    };
+    let mut optimizer = Optimizer::new(vs, &optim_cfg);
+    let steps_per_epoch = loader.batches_per_epoch() as u64;
+    let schedule = Schedule {
+        peak: BASE_LR * batch_size as f64 / 256.0,
+        warmup_steps: 0,
+        total_steps: epochs as u64 * steps_per_epoch,
+    };
+    let mut step = 0;
+    for epoch in 0..epochs as u64 {
+        for batch in loader.epoch(epoch, 0) {
+            let labels: Vec<i64> = batch.indices.iter().map(|&i| labelled.labels[i]).collect();
+            let labels = Tensor::from_slice(&labels).to_device(device);
+            let [view1, view2] = batch.views;
+            let x = Tensor::cat(&[view1, view2], 0); // [2B, 3, S, S]
+            let y = Tensor::cat(&[&labels, &labels], 0); // [2B]
+            let loss = encoder
+                .forward_t(&x, true)
+                .apply(&classifier)
+                .cross_entropy_for_logits(&y);
+            optimizer.zero_grad();
+            loss.backward();
+            optimizer.step(schedule.lr(step));
+            step += 1;
+        }
+    }
+    let (top1, top5) = evaluate(encoder, &classifier, test, image_size, device);
+    Ok(FinetuneResult {
+        top1,
+        top5,
+        labelled_images: labelled.len(),
+        epochs,
+    })
+}
+
+/// Top-1 and top-5 (capped at the class count) of encoder + classifier on `test`.
+fn evaluate(
+    encoder: &ResNet,
+    classifier: &nn::Linear,
+    test: &ImageSet,
+    image_size: usize,
+    device: Device,
+) -> (f64, f64) {
+    tch::no_grad(|| {
+        let (mut top1, mut top5) = (0i64, 0i64);
+        for (x, y) in eval_batches(test, image_size, 256, device) {
+            let logits = encoder.forward_t(&x, false).apply(classifier);
+            let k = 5.min(logits.size()[1]);
+            let hits = logits.topk(k, 1, true, true).1.eq_tensor(&y.unsqueeze(1)); // [b, k]
+            top1 += hits.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]);
+            top5 += hits.any_dim(1, false).sum(Kind::Int64).int64_value(&[]);
+        }
+        let n = test.len().max(1) as f64;
+        (top1 as f64 / n, top5 as f64 / n)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(per_class: usize, classes: usize) -> Vec<i64> {
+        (0..per_class * classes)
+            .map(|i| (i % classes) as i64)
+            .collect()
+    }
+
+    #[test]
+    fn subset_is_class_balanced_and_stable_for_a_seed() -> Result<()> {
+        let labels = labels(100, 10);
+        let a = label_subset(&labels, 10, 0.1, 7)?;
+        assert_eq!(a.len(), 100);
+        for class in 0..10 {
+            assert_eq!(
+                a.iter().filter(|&&i| labels[i] == class).count(),
+                10,
+                "class {class}"
+            );
+        }
+        assert_eq!(
+            a,
+            label_subset(&labels, 10, 0.1, 7)?,
+            "same seed, same subset"
+        );
+        assert_ne!(
+            a,
+            label_subset(&labels, 10, 0.1, 8)?,
+            "another seed, another subset"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn every_class_keeps_at_least_one_label() -> Result<()> {
+        let labels = labels(30, 10);
+        let a = label_subset(&labels, 10, 0.01, 0)?;
+        assert_eq!(a.len(), 10);
+        assert!(label_subset(&labels, 10, 0.0, 0).is_err());
+        assert!(label_subset(&labels, 10, 1.5, 0).is_err());
+        Ok(())
+    }
+}
