@@ -160,15 +160,22 @@ pub fn restore_variables(
 
 /// Rebuilds the network of a checkpoint on `device` with its weights: what every command that
 /// starts from a trained model (export, evaluation) needs. Returns the var store too, which owns
-/// the weights.
-pub fn load_model(path: &Path, device: Device) -> Result<(tch::nn::VarStore, SimClr, Config)> {
+/// the weights, and the checkpoint's record (configuration, step).
+pub fn load_model(path: &Path, device: Device) -> Result<(tch::nn::VarStore, SimClr, Meta)> {
     let ckpt = load(path, device)?;
-    let cfg = ckpt.meta.config;
+    let cfg = &ckpt.meta.config;
     let vs = tch::nn::VarStore::new(device);
     let model = SimClr::new(&vs.root(), &cfg.model, cfg.data.image_size);
     restore_variables(&vs.variables(), &ckpt.model)
         .with_context(|| format!("loading {}", path.display()))?;
-    Ok((vs, model, cfg))
+    Ok((vs, model, ckpt.meta))
+}
+
+/// The run directory a checkpoint belongs to (`RUN/checkpoints/NAME.pt` -> `RUN`), if it is
+/// laid out as `simclr train` writes it.
+pub fn run_dir_of(checkpoint: &Path) -> Option<&Path> {
+    let dir = checkpoint.parent()?;
+    (dir.file_name()? == "checkpoints").then_some(dir.parent()?)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use crate::config::{Config, DeviceChoice, Precision};
 use crate::data::DataSpec;
 use crate::eval::{features, finetune, knn, linear};
 use crate::export;
+use crate::logging::MetricsLogger;
 use crate::model::{Arch, Stem};
 use crate::optim::{LrScaling, OptimizerKind};
 use crate::shim;
@@ -358,7 +359,8 @@ fn eval_knn(
         anyhow::bail!("--k must be >= 1");
     }
     let device = device.resolve()?;
-    let (_vs, model, cfg) = checkpoint::load_model(checkpoint_path, device)?;
+    let (_vs, model, meta) = checkpoint::load_model(checkpoint_path, device)?;
+    let cfg = &meta.config;
     let spec = data.unwrap_or(cfg.data.spec.clone());
     let splits = crate::data::load(&spec, cfg.run.seed)?;
     let top1 = knn::monitor(
@@ -370,6 +372,7 @@ fn eval_knn(
         device,
     );
     eprintln!("kNN (k={k}) top-1 on {spec}: {:.2}%", 100.0 * top1);
+    log_to_run(checkpoint_path, &meta, &[("eval/knn_top1", top1)])?;
     if as_json {
         println!(
             "{}",
@@ -387,17 +390,16 @@ fn eval_linear(
     as_json: bool,
 ) -> Result<()> {
     let device = device.resolve()?;
-    let ckpt_cfg = checkpoint::load(checkpoint_path, tch::Device::Cpu)?
-        .meta
-        .config;
+    let meta = checkpoint::load(checkpoint_path, tch::Device::Cpu)?.meta;
+    let ckpt_cfg = &meta.config;
     let spec = data.unwrap_or(ckpt_cfg.data.spec.clone());
     let image_size = ckpt_cfg.data.image_size;
     let cache = features::cache_path(checkpoint_path, &spec, image_size, flip)?;
     let (train, test, cached) = match features::load_cached(&cache, device) {
         Some((train, test)) => (train, test, true),
         None => {
-            let (_vs, model, cfg) = checkpoint::load_model(checkpoint_path, device)?;
-            let splits = crate::data::load(&spec, cfg.run.seed)?;
+            let (_vs, model, _) = checkpoint::load_model(checkpoint_path, device)?;
+            let splits = crate::data::load(&spec, ckpt_cfg.run.seed)?;
             let train =
                 features::representations(&model.encoder, &splits.train, image_size, device, flip);
             let test =
@@ -420,6 +422,14 @@ fn eval_linear(
         result.penalty,
         if cached { ", cached features" } else { "" }
     );
+    log_to_run(
+        checkpoint_path,
+        &meta,
+        &[
+            ("eval/linear_top1", result.top1),
+            ("eval/linear_top5", result.top5),
+        ],
+    )?;
     if as_json {
         println!(
             "{}",
@@ -432,7 +442,8 @@ fn eval_linear(
 fn finetune_command(args: &FinetuneArgs) -> Result<()> {
     let device = args.device.resolve()?;
     tch::manual_seed(args.seed as i64);
-    let (vs, model, cfg) = checkpoint::load_model(&args.checkpoint, device)?;
+    let (vs, model, meta) = checkpoint::load_model(&args.checkpoint, device)?;
+    let cfg = &meta.config;
     let spec = args.data.clone().unwrap_or(cfg.data.spec.clone());
     let splits = crate::data::load(&spec, cfg.run.seed)?;
     let indices = finetune::label_subset(
@@ -464,6 +475,16 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
         100.0 * result.top1,
         100.0 * result.top5
     );
+    let percent = 100.0 * args.label_fraction;
+    let (top1_tag, top5_tag) = (
+        format!("eval/finetune_{percent}pct_top1"),
+        format!("eval/finetune_{percent}pct_top5"),
+    );
+    log_to_run(
+        &args.checkpoint,
+        &meta,
+        &[(&top1_tag, result.top1), (&top5_tag, result.top5)],
+    )?;
     if args.json {
         println!(
             "{}",
@@ -473,8 +494,24 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
     Ok(())
 }
 
+/// Adds evaluation results to the TensorBoard logs and metrics.jsonl of the checkpoint's run
+/// (at the checkpoint's step), when the checkpoint sits in a run directory.
+fn log_to_run(
+    checkpoint_path: &Path,
+    meta: &checkpoint::Meta,
+    scalars: &[(&str, f64)],
+) -> Result<()> {
+    let Some(run_dir) = checkpoint::run_dir_of(checkpoint_path) else {
+        return Ok(());
+    };
+    let mut logger = MetricsLogger::new(run_dir)?;
+    logger.log(meta.step, meta.epoch as f64, scalars)?;
+    logger.flush()
+}
+
 fn export_command(checkpoint_path: &Path, format: ExportFormat, out: &Path) -> Result<()> {
-    let (mut vs, model, cfg) = checkpoint::load_model(checkpoint_path, tch::Device::Cpu)?;
+    let (mut vs, model, meta) = checkpoint::load_model(checkpoint_path, tch::Device::Cpu)?;
+    let cfg = &meta.config;
     match format {
         ExportFormat::Torchscript => {
             export::torchscript(&mut vs, &model.encoder, cfg.data.image_size, out)?

@@ -3,7 +3,8 @@
 //!
 //! The data flows: [`data`] (datasets, two-view augmentation, loader) -> [`model`] (encoder f,
 //! head g) -> [`objective`] (NT-Xent) -> [`optim`] (LARS, schedule) in the loop of [`train`],
-//! reported by [`logging`], saved by [`checkpoint`], watched by [`eval`], shipped by [`export`].
+//! reported by [`logging`] (with [`tensorboard`] summaries and a [`projector`] export), saved by
+//! [`checkpoint`], watched by [`eval`], shipped by [`export`].
 //! The binary's command line is [`cli`]; [`shim`] wraps the small C++ shim over libtorch.
 pub mod checkpoint;
 pub mod cli;
@@ -15,5 +16,7 @@ pub mod logging;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod projector;
 pub mod shim;
+pub mod tensorboard;
 pub mod train;

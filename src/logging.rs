@@ -6,11 +6,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use tensorboard_rs::summary_writer::SummaryWriter;
+use tensorboard_proto::summary::Summary;
+use tensorboard_rs::summary::scalar;
+use tensorboard_rs::summary_writer::FileWriter;
 
 /// Writes every logged point to TensorBoard and to `metrics.jsonl`.
 pub struct MetricsLogger {
-    tensorboard: SummaryWriter,
+    tensorboard: FileWriter,
     jsonl: BufWriter<File>,
 }
 
@@ -24,7 +26,7 @@ impl MetricsLogger {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         Ok(MetricsLogger {
-            tensorboard: SummaryWriter::new(run_dir),
+            tensorboard: FileWriter::new(run_dir),
             jsonl: BufWriter::new(file),
         })
     }
@@ -36,12 +38,17 @@ impl MetricsLogger {
         record.insert("epoch".into(), epoch.into());
         for &(name, value) in scalars {
             self.tensorboard
-                .add_scalar(name, value as f32, step as usize);
+                .add_summary(scalar(name, value as f32), step as usize);
             record.insert(name.into(), value.into());
         }
         writeln!(self.jsonl, "{}", serde_json::Value::Object(record))
             .context("writing metrics.jsonl")?;
         Ok(())
+    }
+
+    /// Records a ready-made TensorBoard summary (text, hparams; see [`crate::tensorboard`]).
+    pub fn summary(&mut self, summary: Summary, step: u64) {
+        self.tensorboard.add_summary(summary, step as usize);
     }
 
     /// Pushes everything logged so far to disk (at epoch ends and at exit).

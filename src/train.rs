@@ -17,12 +17,16 @@ use crate::model::SimClr;
 use crate::objective::nt_xent;
 use crate::optim::{schedule::scaled_lr, Optimizer, Schedule};
 use crate::shim;
+use crate::{projector, tensorboard};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{nn::VarStore, Kind, Tensor};
+
+/// Test images shown in TensorBoard's embedding projector (a 32x32 grid of thumbnails).
+const PROJECTOR_IMAGES: usize = 1024;
 
 /// What a finished run reports (the `--json` line of `simclr train`).
 #[derive(Debug, Serialize)]
@@ -112,6 +116,22 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
         )
     };
     let knn_top1_before = if resume.is_none() {
+        // TensorBoard: the resolved configuration as text, and as the run's hyper-parameters
+        // whose results are the final kNN accuracy and loss.
+        let cfg_json = serde_json::to_value(cfg)?;
+        logger.summary(
+            tensorboard::text(
+                "config",
+                &format!("```json\n{}\n```", serde_json::to_string_pretty(&cfg_json)?),
+            ),
+            0,
+        );
+        for summary in tensorboard::hparams_start(
+            &tensorboard::flatten(&cfg_json),
+            &["eval/knn_top1", "train/loss"],
+        ) {
+            logger.summary(summary, 0);
+        }
         // The initial weights are kept too (epoch-0000.pt): the baseline of every evaluation.
         save_checkpoint(
             run_dir,
@@ -218,6 +238,16 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
     }
     // A resumed run that had already finished trains nothing: measure what it holds.
     let knn_top1 = last_knn.unwrap_or_else(run_knn);
+
+    // ---- the embedding projector of test representations, and the end of the hparams session
+    let shown = test_set.len().min(PROJECTOR_IMAGES);
+    let projected = test_set.clone().truncated(Some(shown));
+    projector::write(
+        run_dir,
+        &knn::features(&model.encoder, &projected, image_size, device).0,
+        &projected,
+    )?;
+    logger.summary(tensorboard::hparams_end(), step);
 
     // ---- export the encoder f
     let encoder = run_dir.join("encoder.pt");

@@ -54,7 +54,7 @@ fn safetensors_load_into_torchvision_with_the_same_features() {
     );
     assert_eq!(printed["unexpected"], serde_json::json!([]));
 
-    let (_vs, model, _cfg) = checkpoint::load_model(&ckpt, Device::Cpu).expect("checkpoint loads");
+    let (_vs, model, _meta) = checkpoint::load_model(&ckpt, Device::Cpu).expect("checkpoint loads");
     let n = 3 * 3 * 32 * 32;
     let x = Tensor::arange(n, (Kind::Float, Device::Cpu)).view([3, 3, 32, 32]) / n as f64;
     let ours = Vec::<f64>::try_from(
