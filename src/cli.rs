@@ -42,6 +42,27 @@ enum Command {
     /// Fine-tune the encoder with a linear classifier on a class-balanced fraction of the labels
     /// (SimCLR's 1% / 10% semi-supervised protocol); top-1/top-5 on the test split.
     Finetune(FinetuneArgs),
+    /// Write a preview of the augmentation: rows of original | view 1 | view 2.
+    Augment {
+        /// Dataset whose first training images are shown.
+        #[arg(long, default_value = "synthetic")]
+        data: DataSpec,
+        /// Output PNG file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Images (rows) shown.
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+        /// Side of the views in pixels.
+        #[arg(long, default_value_t = 32)]
+        image_size: usize,
+        /// Augmentation settings from this configuration file [default: the defaults].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seed of the views (the same views as epoch 0 of a run with this seed).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Export the encoder of a checkpoint.
     Export {
         /// Checkpoint file (a run's checkpoints/last.pt or epoch-NNNN.pt).
@@ -294,6 +315,14 @@ pub fn run() -> Result<()> {
             json,
         }) => eval_knn(&checkpoint, data, k, device, json),
         Command::Finetune(args) => finetune_command(&args),
+        Command::Augment {
+            data,
+            out,
+            count,
+            image_size,
+            config,
+            seed,
+        } => augment_command(&data, &out, count, image_size, config.as_deref(), seed),
         Command::Export {
             checkpoint,
             format,
@@ -491,6 +520,35 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
             json!({"checkpoint": args.checkpoint, "data": spec.to_string(), "label_fraction": args.label_fraction, "labelled_images": result.labelled_images, "epochs": result.epochs, "top1": result.top1, "top5": result.top5})
         );
     }
+    Ok(())
+}
+
+fn augment_command(
+    spec: &DataSpec,
+    out: &Path,
+    count: usize,
+    image_size: usize,
+    config: Option<&Path>,
+    seed: u64,
+) -> Result<()> {
+    let augment = match config {
+        Some(path) => Config::from_file(path)?.data.augment,
+        None => Default::default(),
+    };
+    augment.validate()?;
+    if count == 0 || image_size < 8 {
+        anyhow::bail!("--count must be >= 1 and --image-size >= 8, got {count} and {image_size}");
+    }
+    let splits = crate::data::load(spec, seed)?;
+    let grid =
+        crate::data::preview::augmentation_grid(&splits.train, &augment, image_size, seed, count);
+    grid.save(out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "wrote {} ({} rows: original | view 1 | view 2)",
+        out.display(),
+        grid.height() as usize / image_size
+    );
     Ok(())
 }
 

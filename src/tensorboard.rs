@@ -1,5 +1,6 @@
-//! TensorBoard summaries that tensorboard-rs does not write itself, built from TensorBoard's
-//! own protobuf messages: text (the text plugin: a DT_STRING tensor) and hparams (the hparams
+//! TensorBoard summaries that tensorboard-rs does not write (or not for every image shape)
+//! itself, built from TensorBoard's own protobuf messages: images of any aspect ratio (PNG),
+//! text (the text plugin: a DT_STRING tensor) and hparams (the hparams
 //! plugin: experiment, session start and session end records, whose metrics are ordinary
 //! scalars of the same run), as `torch.utils.tensorboard`'s `add_text` and `add_hparams` do.
 use protobuf::well_known_types::Value;
@@ -8,7 +9,7 @@ use serde_json::Value as Json;
 use tensorboard_proto::api::{Experiment, HParamInfo, MetricInfo, MetricName, Status};
 use tensorboard_proto::plugin_hparams::{HParamsPluginData, SessionEndInfo, SessionStartInfo};
 use tensorboard_proto::summary::{
-    Summary, SummaryMetadata, SummaryMetadata_PluginData, Summary_Value,
+    Summary, SummaryMetadata, SummaryMetadata_PluginData, Summary_Image, Summary_Value,
 };
 use tensorboard_proto::tensor::TensorProto;
 use tensorboard_proto::types::DataType;
@@ -34,6 +35,23 @@ fn plugin_summary(
     let mut summary = Summary::new();
     summary.set_value(RepeatedField::from_vec(vec![value]));
     summary
+}
+
+/// An RGB image under `tag` (shown in TensorBoard's Images tab), PNG-encoded.
+pub fn image(tag: &str, img: &image::RgbImage) -> anyhow::Result<Summary> {
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png)?;
+    let mut encoded = Summary_Image::new();
+    encoded.set_height(img.height() as i32);
+    encoded.set_width(img.width() as i32);
+    encoded.set_colorspace(3);
+    encoded.set_encoded_image_string(png.into_inner());
+    let mut value = Summary_Value::new();
+    value.set_tag(tag.to_string());
+    value.set_image(encoded);
+    let mut summary = Summary::new();
+    summary.set_value(RepeatedField::from_vec(vec![value]));
+    Ok(summary)
 }
 
 /// Markdown text under `tag` (shown in TensorBoard's Text tab).

@@ -6,6 +6,7 @@
 //! GPU->CPU reads happen only at logging points and epoch ends (marked "sync point").
 use crate::checkpoint::{self, Checkpoint, Meta};
 use crate::config::{Config, Precision};
+use crate::data::preview;
 use crate::data::{
     self,
     loader::{LoaderConfig, TwoViewLoader},
@@ -24,6 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{nn::VarStore, Kind, Tensor};
+
+/// Training images shown with their two views in TensorBoard's "augmentation" image.
+const PREVIEW_IMAGES: usize = 8;
 
 /// Test images shown in TensorBoard's embedding projector (a 32x32 grid of thumbnails).
 const PROJECTOR_IMAGES: usize = 1024;
@@ -132,6 +136,14 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
         ) {
             logger.summary(summary, 0);
         }
+        let grid = preview::augmentation_grid(
+            &train_set,
+            &cfg.data.augment,
+            image_size,
+            cfg.run.seed,
+            PREVIEW_IMAGES,
+        );
+        logger.summary(tensorboard::image("augmentation", &grid)?, 0);
         // The initial weights are kept too (epoch-0000.pt): the baseline of every evaluation.
         save_checkpoint(
             run_dir,

@@ -1,5 +1,5 @@
 //! TensorBoard's own reader (the `tensorboard` package in the venv) sees what a run writes:
-//! the scalars (training and evaluation), the configuration as text, the hparams records and
+//! the scalars (training and evaluation), the augmentation image, the configuration as text, the hparams records and
 //! the embedding-projector files.
 mod common;
 use common::{as_strs, python_output, run_dir, run_ok, tiny_run};
@@ -22,6 +22,7 @@ emb = config.embeddings[0]
 lines = lambda p: open(os.path.join(run, p)).read().splitlines()
 print(json.dumps({
     "scalars": sorted(ea.Tags()["scalars"]),
+    "images": {t: [ea.Images(t)[0].width, ea.Images(t)[0].height] for t in ea.Tags()["images"]},
     "hparams_tags": sorted(hp),
     "hparams": sorted(start.session_start_info.hparams),
     "arch": start.session_start_info.hparams["model.arch"].string_value,

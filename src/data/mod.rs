@@ -15,6 +15,7 @@
 
 pub mod augment;
 pub mod loader;
+pub mod preview;
 pub mod resize;
 pub mod synthetic;
 
