@@ -5,15 +5,17 @@ use crate::config::{Config, DeviceChoice, Precision};
 use crate::data::DataSpec;
 use crate::eval::{features, finetune, knn, linear};
 use crate::export;
+use crate::interrupt::StopRequest;
 use crate::logging::MetricsLogger;
 use crate::model::{Arch, Stem};
 use crate::optim::{LrScaling, OptimizerKind};
 use crate::shim;
-use crate::train;
+use crate::train::{self, Outcome};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
@@ -238,6 +240,9 @@ struct TrainArgs {
     /// Keep a copy of the checkpoint every N epochs, 0 = only last.pt [default: 5].
     #[arg(long, group = "overrides")]
     checkpoint_every: Option<usize>,
+    /// Also write last.pt every N steps inside epochs, 0 = only at epoch ends [default: 0].
+    #[arg(long, group = "overrides")]
+    ckpt_every_steps: Option<usize>,
     /// Log scalars every N steps [default: 10].
     #[arg(long, group = "overrides")]
     log_every: Option<usize>,
@@ -289,16 +294,19 @@ impl TrainArgs {
         set(&mut cfg.run.knn_every, &self.knn_every);
         set(&mut cfg.run.log_every, &self.log_every);
         set(&mut cfg.run.checkpoint_every, &self.checkpoint_every);
+        set(&mut cfg.run.checkpoint_every_steps, &self.ckpt_every_steps);
         set(&mut cfg.run.device, &self.device);
         set(&mut cfg.run.precision, &self.precision);
         cfg
     }
 }
 
-/// Parses the command line and runs the command.
-pub fn run() -> Result<()> {
+/// Parses the command line and runs the command; the exit code is 0, or 128 + the signal
+/// that interrupted a training run (its checkpoint written).
+pub fn run() -> Result<ExitCode> {
+    let done = ExitCode::SUCCESS;
     match Cli::parse().command {
-        Command::Info { json } => info(json),
+        Command::Info { json } => info(json).map(|_| done),
         Command::Train(args) => train_command(&args),
         Command::Eval(EvalCommand::Linear {
             checkpoint,
@@ -306,15 +314,15 @@ pub fn run() -> Result<()> {
             flip,
             device,
             json,
-        }) => eval_linear(&checkpoint, data, flip, device, json),
+        }) => eval_linear(&checkpoint, data, flip, device, json).map(|_| done),
         Command::Eval(EvalCommand::Knn {
             checkpoint,
             data,
             k,
             device,
             json,
-        }) => eval_knn(&checkpoint, data, k, device, json),
-        Command::Finetune(args) => finetune_command(&args),
+        }) => eval_knn(&checkpoint, data, k, device, json).map(|_| done),
+        Command::Finetune(args) => finetune_command(&args).map(|_| done),
         Command::Augment {
             data,
             out,
@@ -322,12 +330,12 @@ pub fn run() -> Result<()> {
             image_size,
             config,
             seed,
-        } => augment_command(&data, &out, count, image_size, config.as_deref(), seed),
+        } => augment_command(&data, &out, count, image_size, config.as_deref(), seed).map(|_| done),
         Command::Export {
             checkpoint,
             format,
             out,
-        } => export_command(&checkpoint, format, &out),
+        } => export_command(&checkpoint, format, &out).map(|_| done),
     }
 }
 
@@ -354,7 +362,7 @@ fn info(as_json: bool) -> Result<()> {
     Ok(())
 }
 
-fn train_command(args: &TrainArgs) -> Result<()> {
+fn train_command(args: &TrainArgs) -> Result<ExitCode> {
     let (cfg, run_dir, resume) = match &args.resume {
         Some(dir) => {
             let ckpt = checkpoint::load(&checkpoint::last_path(dir), tch::Device::Cpu)
@@ -370,11 +378,24 @@ fn train_command(args: &TrainArgs) -> Result<()> {
             (args.apply(base), run_dir, None)
         }
     };
-    let summary = train::run(&cfg, &run_dir, resume)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+    let stop = StopRequest::install()?;
+    match train::run(&cfg, &run_dir, resume, &stop)? {
+        Outcome::Finished(summary) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&summary)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Interrupted { signal, step } => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"run_dir": run_dir, "interrupted_by_signal": signal, "steps": step})
+                );
+            }
+            Ok(ExitCode::from(128 + signal as u8))
+        }
     }
-    Ok(())
 }
 
 fn eval_knn(

@@ -103,6 +103,9 @@ pub struct RunConfig {
     pub log_every: usize,
     /// Keep a copy of the checkpoint every this many epochs (0: only `last.pt`).
     pub checkpoint_every: usize,
+    /// Also write `last.pt` every this many steps inside epochs (0: only at epoch ends), so a
+    /// killed run loses at most this many steps.
+    pub checkpoint_every_steps: usize,
     pub device: DeviceChoice,
     pub precision: Precision,
 }
@@ -117,6 +120,7 @@ impl Default for RunConfig {
             knn_k: 200,
             log_every: 10,
             checkpoint_every: 5,
+            checkpoint_every_steps: 0,
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
         }

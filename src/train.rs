@@ -13,6 +13,7 @@ use crate::data::{
 };
 use crate::eval::knn;
 use crate::export;
+use crate::interrupt::StopRequest;
 use crate::logging::{epoch_bar, MetricsLogger};
 use crate::model::SimClr;
 use crate::objective::nt_xent;
@@ -47,8 +48,23 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// Trains with `cfg` into `run_dir`, continuing from `resume` when given.
-pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<Summary> {
+/// How a call of [`run`] ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every epoch done, encoder exported.
+    Finished(Summary),
+    /// Stopped by a signal after `step`, with a checkpoint there to resume from.
+    Interrupted { signal: i32, step: u64 },
+}
+
+/// Trains with `cfg` into `run_dir`, continuing from `resume` when given, until the end or
+/// until `stop` reports a signal.
+pub fn run(
+    cfg: &Config,
+    run_dir: &Path,
+    resume: Option<Checkpoint>,
+    stop: &StopRequest,
+) -> Result<Outcome> {
     let started = Instant::now();
     cfg.validate()?;
     let device = cfg.run.device.resolve()?;
@@ -88,7 +104,8 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
         warmup_steps: (cfg.optim.warmup_epochs * steps_per_epoch as f64).round() as u64,
         total_steps: cfg.run.epochs as u64 * steps_per_epoch,
     };
-    let (mut step, start_epoch) = match &resume {
+    // The position is a function of the step: a mid-epoch checkpoint resumes inside its epoch.
+    let (mut step, start_epoch, start_batch) = match &resume {
         Some(ckpt) => {
             checkpoint::restore_variables(&vs.variables(), &ckpt.model)?;
             optimizer.load_state(&ckpt.optimizer, ckpt.meta.optimizer_steps)?;
@@ -98,9 +115,14 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
                 ckpt.meta.epoch,
                 ckpt.meta.step
             );
-            (ckpt.meta.step, ckpt.meta.epoch)
+            let step = ckpt.meta.step;
+            (
+                step,
+                step / steps_per_epoch,
+                (step % steps_per_epoch) as usize,
+            )
         }
-        None => (0, 0),
+        None => (0, 0, 0),
     };
     let mut logger = MetricsLogger::new(run_dir)?;
     eprintln!(
@@ -166,7 +188,10 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
         let epoch_start = Instant::now();
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
         let (mut window_start, mut window_steps, mut data_wait) = (Instant::now(), 0u64, 0.0f64);
-        let mut batches = loader.epoch(epoch, 0);
+        let first_batch = if epoch == start_epoch { start_batch } else { 0 };
+        bar.set_position(first_batch as u64);
+        let mut epoch_steps = 0u64;
+        let mut batches = loader.epoch(epoch, first_batch);
         loop {
             let wait_start = Instant::now();
             let Some(batch) = batches.next() else { break };
@@ -186,6 +211,7 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
             out.loss.backward();
             optimizer.step(lr);
             step += 1;
+            epoch_steps += 1;
             window_steps += 1;
             loss_sum += out.loss.detach();
             bar.inc(1);
@@ -219,12 +245,46 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
                 ));
                 (window_start, window_steps, data_wait) = (Instant::now(), 0, 0.0);
             }
+
+            // ---- interruption and mid-epoch checkpoints (sync point when they happen)
+            let signal = stop.signal();
+            let every = cfg.run.checkpoint_every_steps as u64;
+            if signal.is_some() || (every > 0 && step % every == 0 && step % steps_per_epoch != 0) {
+                let mean_loss = loss_sum.double_value(&[]) / epoch_steps as f64;
+                if !mean_loss.is_finite() {
+                    bail!("loss became {mean_loss} in epoch {}: stopped, the last good checkpoint is kept", epoch + 1);
+                }
+                save_checkpoint(
+                    run_dir,
+                    &vs,
+                    &optimizer,
+                    Meta::new(
+                        step,
+                        step / steps_per_epoch,
+                        optimizer.state().1,
+                        cfg.clone(),
+                    ),
+                    0,
+                )?;
+            }
+            if let Some(signal) = signal {
+                bar.abandon();
+                logger.flush()?;
+                eprintln!(
+                    "stopped by signal {signal} after step {step}: checkpoint written, continue with `simclr train --resume {}`",
+                    run_dir.display()
+                );
+                return Ok(Outcome::Interrupted { signal, step });
+            }
         }
         bar.finish_and_clear();
 
         // ---- epoch end: checkpoint, kNN monitor, summary (sync point)
         let epochs_done = epoch + 1;
-        let mean_loss = loss_sum.double_value(&[]) / steps_per_epoch as f64;
+        let mean_loss = loss_sum.double_value(&[]) / epoch_steps.max(1) as f64;
+        if !mean_loss.is_finite() {
+            bail!("loss became {mean_loss} in epoch {epochs_done}: stopped, the last good checkpoint is kept");
+        }
         final_loss = Some(mean_loss);
         save_checkpoint(
             run_dir,
@@ -270,7 +330,7 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
         encoder.display(),
         100.0 * knn_top1
     );
-    Ok(Summary {
+    Ok(Outcome::Finished(Summary {
         run_dir: run_dir.to_path_buf(),
         encoder,
         steps: step,
@@ -279,7 +339,7 @@ pub fn run(cfg: &Config, run_dir: &Path, resume: Option<Checkpoint>) -> Result<S
         knn_top1,
         final_loss,
         seconds: started.elapsed().as_secs_f64(),
-    })
+    }))
 }
 
 /// Creates the run directory and writes `config.json`; a fresh run refuses a directory that
@@ -295,7 +355,8 @@ fn prepare_run_dir(cfg: &Config, run_dir: &Path, resuming: bool) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Writes `checkpoints/last.pt`, and keeps a copy `epoch-NNNN.pt` every `every` epochs.
+/// Writes `checkpoints/last.pt`, and keeps a copy `epoch-NNNN.pt` every `every` epochs (of an
+/// epoch-end checkpoint).
 fn save_checkpoint(
     run_dir: &Path,
     vs: &VarStore,
