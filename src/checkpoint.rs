@@ -4,7 +4,10 @@
 //!
 //! Layout (libtorch's tensor archive, read with `tch::Tensor::load_multi`): `model.<var-store name>` for every
 //! variable (weights and batch-norm running statistics), `optim.<i>.<name>` for the
-//! optimiser's buffers, and `meta`, the UTF-8 bytes of [`Meta`] as JSON.
+//! optimiser's buffers, `meta`, the UTF-8 bytes of [`Meta`] as JSON, and `checksum`, the
+//! CRC-32 of every other entry's name and bytes, verified on load so that a corrupt file is
+//! reported instead of resumed from. [`load_latest`] falls back to the newest periodic copy
+//! that verifies.
 use crate::config::Config;
 use crate::model::SimClr;
 use anyhow::{bail, Context, Result};
@@ -53,6 +56,24 @@ const VERSION: u32 = 1;
 const MODEL: &str = "model.";
 const OPTIM: &str = "optim.";
 const META: &str = "meta";
+const CHECKSUM: &str = "checksum";
+
+/// CRC-32 over the entries' names and raw bytes, in name order.
+fn checksum(named: &[(String, Tensor)]) -> Result<u32> {
+    let mut order: Vec<&(String, Tensor)> = named.iter().collect();
+    order.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hasher = crc32fast::Hasher::new();
+    for (name, tensor) in order {
+        hasher.update(name.as_bytes());
+        let bytes = tensor
+            .to_device(Device::Cpu)
+            .contiguous()
+            .view([-1])
+            .view_dtype(Kind::Uint8);
+        hasher.update(&Vec::<u8>::try_from(bytes)?);
+    }
+    Ok(hasher.finalize())
+}
 
 /// The checkpoint file a run directory resumes from.
 pub fn last_path(run_dir: &Path) -> PathBuf {
@@ -77,6 +98,10 @@ pub fn save(
             .map(|(k, t)| (format!("{OPTIM}{k}"), t.to_device(Device::Cpu))),
     );
     named.push((META.to_string(), Tensor::from_slice(&json)));
+    named.push((
+        CHECKSUM.to_string(),
+        Tensor::from_slice(&[i64::from(checksum(&named)?)]),
+    ));
     let dir = path
         .parent()
         .context("checkpoint path has no parent directory")?;
@@ -99,10 +124,27 @@ pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
     if !path.is_file() {
         bail!("checkpoint {} does not exist", path.display());
     }
-    let named = Tensor::load_multi_with_device(path, device)
+    let mut named = Tensor::load_multi(path)
         .with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let stored = named
+        .iter()
+        .position(|(name, _)| name == CHECKSUM)
+        .map(|i| named.remove(i).1.int64_value(&[]))
+        .with_context(|| {
+            format!(
+                "{} is not a simclr checkpoint (no checksum record)",
+                path.display()
+            )
+        })?;
+    if stored != i64::from(checksum(&named)?) {
+        bail!(
+            "checkpoint {} is corrupt (checksum mismatch)",
+            path.display()
+        );
+    }
     let (mut model, mut optimizer, mut meta) = (HashMap::new(), HashMap::new(), None);
     for (name, tensor) in named {
+        let tensor = tensor.to_device(device);
         if let Some(key) = name.strip_prefix(MODEL) {
             model.insert(key.to_string(), tensor);
         } else if let Some(key) = name.strip_prefix(OPTIM) {
@@ -135,6 +177,32 @@ pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
         model,
         optimizer,
     })
+}
+
+/// The newest checkpoint of a run that loads and verifies: `last.pt`, else the periodic copies
+/// from the newest down, each failure reported on stderr.
+pub fn load_latest(run_dir: &Path, device: Device) -> Result<Checkpoint> {
+    let last = last_path(run_dir);
+    let mut periodic: Vec<PathBuf> = std::fs::read_dir(last.parent().context("checkpoint dir")?)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    periodic.retain(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("epoch-") && n.ends_with(".pt"))
+    });
+    periodic.sort();
+    for path in std::iter::once(last.clone()).chain(periodic.into_iter().rev()) {
+        match load(&path, device) {
+            Ok(ckpt) => return Ok(ckpt),
+            Err(err) if path == last && !path.exists() => return Err(err),
+            Err(err) => eprintln!("warning: {err:#}; trying an older checkpoint"),
+        }
+    }
+    bail!(
+        "no readable checkpoint in {}",
+        last.parent().unwrap_or(run_dir).display()
+    )
 }
 
 /// Copies saved variables into the model's, requiring the same names and shapes.
@@ -210,6 +278,32 @@ mod tests {
         assert_eq!(
             Vec::<f32>::try_from(&back.optimizer["0.encoder.conv1.weight"])?,
             [3.0, 4.0]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_flipped_byte_is_detected() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("last.pt");
+        let big = Tensor::arange(4096, (Kind::Float, Device::Cpu));
+        let model = HashMap::from([("w".to_string(), big)]);
+        save(&path, &model, &[], &Meta::new(1, 0, 1, Config::default()))?;
+        let mut bytes = std::fs::read(&path)?;
+        // Inside the tensor data (the archive stores it uncompressed): changes a weight's value.
+        let at = bytes
+            .windows(4)
+            .position(|w| w == 1000.0f32.to_le_bytes())
+            .expect("the value 1000.0 is stored");
+        bytes[at] ^= 0x40;
+        std::fs::write(&path, bytes)?;
+        let err = load(&path, Device::Cpu)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.contains("corrupt") || err.contains("reading checkpoint"),
+            "{err}"
         );
         Ok(())
     }

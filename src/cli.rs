@@ -365,7 +365,7 @@ fn info(as_json: bool) -> Result<()> {
 fn train_command(args: &TrainArgs) -> Result<ExitCode> {
     let (cfg, run_dir, resume) = match &args.resume {
         Some(dir) => {
-            let ckpt = checkpoint::load(&checkpoint::last_path(dir), tch::Device::Cpu)
+            let ckpt = checkpoint::load_latest(dir, tch::Device::Cpu)
                 .with_context(|| format!("resuming {}", dir.display()))?;
             (ckpt.meta.config.clone(), dir.clone(), Some(ckpt))
         }

@@ -125,29 +125,34 @@ fn tiny_run_writes_every_artifact_and_a_faithful_encoder() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 }
 
-/// A run stopped after epoch 1 and resumed ends exactly where the uninterrupted run ends:
-/// same per-step losses and learning rates after the resume point, same final weights.
+/// A run stopped after epoch 1, whose last.pt was then damaged (truncated), resumes from its
+/// newest good checkpoint (epoch-0001.pt) with a warning, and ends exactly where the
+/// uninterrupted run ends: same per-step losses and learning rates, same final weights.
 #[test]
-fn resume_continues_the_run_exactly() {
+fn resume_skips_a_damaged_checkpoint_and_continues_exactly() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let full = run_dir(&tmp, "full");
     run_ok(&as_strs(&tiny_run(&full, 2)));
 
-    // The interrupted run: what the full run had on disk after its first epoch.
+    // The interrupted run: what the full run had on disk after its first epoch, and a last.pt
+    // cut short (as by a crash of the disk, not of this program: its writes are atomic).
     let resumed = run_dir(&tmp, "resumed");
     std::fs::create_dir_all(resumed.join("checkpoints")).expect("mkdir");
     std::fs::copy(
         full.join("checkpoints/epoch-0001.pt"),
-        checkpoint::last_path(&resumed),
+        resumed.join("checkpoints/epoch-0001.pt"),
     )
     .expect("copy checkpoint");
-    let summary = last_json(&run_ok(&[
-        "train",
-        "--resume",
-        &resumed.to_string_lossy(),
-        "--json",
-    ]));
-    assert_eq!(summary["steps"], 6);
+    let last = std::fs::read(checkpoint::last_path(&full)).expect("read last.pt");
+    std::fs::write(checkpoint::last_path(&resumed), &last[..last.len() / 2])
+        .expect("write damaged last.pt");
+    let out = run_ok(&["train", "--resume", &resumed.to_string_lossy(), "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("last.pt"),
+        "the damaged file is reported: {stderr}"
+    );
+    assert_eq!(last_json(&out)["steps"], 6);
 
     let after_resume = |dir: &Path| -> Vec<(u64, f64, f64)> {
         metrics(dir)
