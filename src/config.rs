@@ -207,8 +207,15 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("config {} is not a valid configuration", path.display()))
+        serde_json::from_str(&text).map_err(|err| {
+            let hint = suggestion(&err.to_string())
+                .map(|name| format!(" (did you mean `{name}`?)"))
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "config {} is not a valid configuration: {err}{hint}",
+                path.display()
+            )
+        })
     }
 
     /// Rejects values that cannot train, naming the field and the value.
@@ -253,6 +260,35 @@ impl Config {
     }
 }
 
+/// For serde's "unknown field `x`, expected one of `a`, `b`" message, the expected name
+/// closest to `x` by edit distance (if it is close enough to be a likely typo).
+fn suggestion(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected one of ")?.1;
+    let names = expected.split('`').skip(1).step_by(2);
+    let (distance, best) = names
+        .map(|name| (edit_distance(unknown, name), name))
+        .min()?;
+    (distance <= unknown.len().max(3) / 3 + 1).then(|| best.to_string())
+}
+
+/// Levenshtein distance between two strings (by chars).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +313,19 @@ mod tests {
             .to_string();
         assert!(err.contains("epochz"), "{err}");
         Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_get_the_nearest_valid_name() {
+        let err = serde_json::from_str::<Config>(r#"{"run": {"epochz": 3}}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(suggestion(&err).as_deref(), Some("epochs"));
+        let err = serde_json::from_str::<Config>(r#"{"optim": {"learning_rate": 3}}"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(suggestion(&err), None, "nothing close enough: {err}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -56,7 +56,7 @@ fn bad_input_gets_one_clear_line() {
                 "--config",
                 &config.to_string_lossy(),
             ],
-            "epochz",
+            "did you mean `epochs`",
         ),
         (&["train", "--resume", &missing], "does not exist"),
     ];
