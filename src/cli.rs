@@ -5,6 +5,7 @@ use crate::config::{Config, DeviceChoice, Precision};
 use crate::data::DataSpec;
 use crate::export;
 use crate::model::{Arch, SimClr, Stem};
+use crate::objective::{LossKind, SimilarityKind};
 use crate::optim::{LrScaling, OptimizerKind};
 use crate::shim;
 use crate::train;
@@ -34,7 +35,7 @@ enum Command {
     },
     /// Pre-train an encoder (flags override --config; the resolved config goes to OUT/config.json).
     Train(Box<TrainArgs>),
-    /// Export the encoder of a checkpoint.
+    /// Export the encoder of a checkpoint (or the network up to a projection-head layer).
     Export {
         /// Checkpoint file (a run's checkpoints/last.pt or epoch-NNNN.pt).
         #[arg(long)]
@@ -45,12 +46,16 @@ enum Command {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
+        /// Representation to export: 0 = encoder output h; K = output of projection-head
+        /// layer K (SimCLRv2 fine-tunes from 1, the middle of its 3-layer head).
+        #[arg(long, default_value_t = 0)]
+        head_layer: usize,
     },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
-    /// Traced encoder f (eval mode), for torch.jit.load / tch::CModule.
+    /// Traced encoder f, up to --head-layer (eval mode), for torch.jit.load / tch::CModule.
     Torchscript,
 }
 
@@ -88,6 +93,9 @@ struct TrainArgs {
     /// Output width of the projection head [default: 128].
     #[arg(long, group = "overrides")]
     proj_dim: Option<i64>,
+    /// Batch norm on every head layer incl. the last (SimCLRv2: --head-layers 3 --head-bn) [default: false].
+    #[arg(long, group = "overrides", num_args = 0..=1, default_missing_value = "true")]
+    head_bn: Option<bool>,
     /// Epochs [default: 15].
     #[arg(long, group = "overrides")]
     epochs: Option<usize>,
@@ -118,9 +126,24 @@ struct TrainArgs {
     /// Linear warm-up length in epochs [default: 1].
     #[arg(long, group = "overrides")]
     warmup_epochs: Option<f64>,
-    /// NT-Xent temperature [default: 0.5].
+    /// Contrastive loss [default: nt-xent].
+    #[arg(long, group = "overrides", value_enum)]
+    loss: Option<LossKind>,
+    /// Similarity of projections [default: cosine].
+    #[arg(long, group = "overrides", value_enum)]
+    similarity: Option<SimilarityKind>,
+    /// L2-normalise z before a dot, bilinear or concat similarity [default: false].
+    #[arg(long, group = "overrides", num_args = 0..=1, default_missing_value = "true")]
+    normalize: Option<bool>,
+    /// Temperature of nt-xent and nt-logistic [default: 0.5].
     #[arg(long, group = "overrides")]
     temperature: Option<f64>,
+    /// Margin m of margin-triplet [default: 1.0].
+    #[arg(long, group = "overrides")]
+    margin: Option<f64>,
+    /// Hidden width of the concat similarity [default: --proj-dim].
+    #[arg(long, group = "overrides")]
+    concat_hidden: Option<i64>,
     /// Seed of initialisation, shuffling and augmentation [default: 0].
     #[arg(long, group = "overrides")]
     seed: Option<u64>,
@@ -164,6 +187,7 @@ impl TrainArgs {
             cfg.model.head_hidden = self.head_hidden;
         }
         set(&mut cfg.model.proj_dim, &self.proj_dim);
+        set(&mut cfg.model.head_bn, &self.head_bn);
         set(&mut cfg.run.epochs, &self.epochs);
         set(&mut cfg.run.batch_size, &self.batch_size);
         set(&mut cfg.data.image_size, &self.image_size);
@@ -178,7 +202,14 @@ impl TrainArgs {
         set(&mut cfg.optim.optimizer, &self.optimizer);
         set(&mut cfg.optim.weight_decay, &self.weight_decay);
         set(&mut cfg.optim.warmup_epochs, &self.warmup_epochs);
+        set(&mut cfg.objective.loss, &self.loss);
+        set(&mut cfg.objective.similarity, &self.similarity);
+        set(&mut cfg.objective.normalize, &self.normalize);
         set(&mut cfg.objective.temperature, &self.temperature);
+        set(&mut cfg.objective.margin, &self.margin);
+        if self.concat_hidden.is_some() {
+            cfg.objective.concat_hidden = self.concat_hidden;
+        }
         set(&mut cfg.run.seed, &self.seed);
         set(&mut cfg.data.workers, &self.workers);
         set(&mut cfg.run.knn_every, &self.knn_every);
@@ -199,7 +230,8 @@ pub fn run() -> Result<()> {
             checkpoint,
             format,
             out,
-        } => export_command(&checkpoint, format, &out),
+            head_layer,
+        } => export_command(&checkpoint, format, &out, head_layer),
     }
 }
 
@@ -249,7 +281,12 @@ fn train_command(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn export_command(checkpoint_path: &Path, format: ExportFormat, out: &Path) -> Result<()> {
+fn export_command(
+    checkpoint_path: &Path,
+    format: ExportFormat,
+    out: &Path,
+    head_layer: usize,
+) -> Result<()> {
     let ckpt = checkpoint::load(checkpoint_path, tch::Device::Cpu)?;
     let cfg = &ckpt.meta.config;
     let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
@@ -258,7 +295,7 @@ fn export_command(checkpoint_path: &Path, format: ExportFormat, out: &Path) -> R
         .with_context(|| format!("loading {}", checkpoint_path.display()))?;
     match format {
         ExportFormat::Torchscript => {
-            export::torchscript(&mut vs, &model.encoder, cfg.data.image_size, out)?
+            export::torchscript(&mut vs, &model, head_layer, cfg.data.image_size, out)?
         }
     }
     eprintln!("wrote {}", out.display());
