@@ -1,4 +1,4 @@
-//! Build script: compiles the C++ shim (`src/csrc/shim.cpp`) against the same libtorch that
+//! Build script: compiles the C++ shim (`src/csrc/*.cpp`) against the same libtorch that
 //! `torch-sys` links, and makes the final binaries run without `LD_LIBRARY_PATH`.
 //!
 //! - libtorch's lib dir comes from torch-sys (`DEP_TCH_LIBTORCH_LIB`); headers sit beside it.
@@ -36,6 +36,7 @@ fn main() {
     build
         .cpp(true)
         .file("src/csrc/shim.cpp")
+        .file("src/csrc/additive_similarity.cpp")
         .flag("-std=c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .include(&include)

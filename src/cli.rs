@@ -8,6 +8,7 @@ use crate::export;
 use crate::interrupt::StopRequest;
 use crate::logging::MetricsLogger;
 use crate::model::{Arch, Stem};
+use crate::objective::{LossKind, SimilarityKind};
 use crate::optim::{LrScaling, OptimizerKind};
 use crate::shim;
 use crate::train::{self, Outcome};
@@ -65,7 +66,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Export the encoder of a checkpoint.
+    /// Export the encoder of a checkpoint (or the network up to a projection-head layer).
     Export {
         /// Checkpoint file (a run's checkpoints/last.pt or epoch-NNNN.pt).
         #[arg(long)]
@@ -76,12 +77,16 @@ enum Command {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
+        /// Representation to export: 0 = encoder output h; K = output of projection-head
+        /// layer K (SimCLRv2 fine-tunes from 1, the middle of its 3-layer head).
+        #[arg(long, default_value_t = 0)]
+        head_layer: usize,
     },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ExportFormat {
-    /// Traced encoder f (eval mode), for torch.jit.load / tch::CModule.
+    /// Traced encoder f, up to --head-layer (eval mode), for torch.jit.load / tch::CModule.
     Torchscript,
     /// Encoder weights under torchvision's names, for torchvision.models.resnet*.
     Safetensors,
@@ -141,6 +146,9 @@ struct FinetuneArgs {
     /// Fraction of the train labels to use, per class (e.g. 0.01 or 0.1).
     #[arg(long)]
     label_fraction: f64,
+    /// Classifier on h (0) or after K projection-head layers, fine-tuned too (SimCLRv2: 1).
+    #[arg(long, default_value_t = 0)]
+    head_layer: usize,
     /// Epochs over the labelled subset.
     #[arg(long, default_value_t = 30)]
     epochs: usize,
@@ -195,6 +203,9 @@ struct TrainArgs {
     /// Output width of the projection head [default: 128].
     #[arg(long, group = "overrides")]
     proj_dim: Option<i64>,
+    /// Batch norm on every head layer incl. the last (SimCLRv2: --head-layers 3 --head-bn) [default: false].
+    #[arg(long, group = "overrides", num_args = 0..=1, default_missing_value = "true")]
+    head_bn: Option<bool>,
     /// Epochs [default: 15].
     #[arg(long, group = "overrides")]
     epochs: Option<usize>,
@@ -225,9 +236,24 @@ struct TrainArgs {
     /// Linear warm-up length in epochs [default: 1].
     #[arg(long, group = "overrides")]
     warmup_epochs: Option<f64>,
-    /// NT-Xent temperature [default: 0.5].
+    /// Contrastive loss [default: nt-xent].
+    #[arg(long, group = "overrides", value_enum)]
+    loss: Option<LossKind>,
+    /// Similarity of projections [default: cosine].
+    #[arg(long, group = "overrides", value_enum)]
+    similarity: Option<SimilarityKind>,
+    /// L2-normalise z before a dot, bilinear or concat similarity [default: false].
+    #[arg(long, group = "overrides", num_args = 0..=1, default_missing_value = "true")]
+    normalize: Option<bool>,
+    /// Temperature of nt-xent and nt-logistic [default: 0.5].
     #[arg(long, group = "overrides")]
     temperature: Option<f64>,
+    /// Margin m of margin-triplet [default: 1.0].
+    #[arg(long, group = "overrides")]
+    margin: Option<f64>,
+    /// Hidden width of the concat similarity [default: --proj-dim].
+    #[arg(long, group = "overrides")]
+    concat_hidden: Option<i64>,
     /// Seed of initialisation, shuffling and augmentation [default: 0].
     #[arg(long, group = "overrides")]
     seed: Option<u64>,
@@ -274,6 +300,7 @@ impl TrainArgs {
             cfg.model.head_hidden = self.head_hidden;
         }
         set(&mut cfg.model.proj_dim, &self.proj_dim);
+        set(&mut cfg.model.head_bn, &self.head_bn);
         set(&mut cfg.run.epochs, &self.epochs);
         set(&mut cfg.run.batch_size, &self.batch_size);
         set(&mut cfg.data.image_size, &self.image_size);
@@ -288,7 +315,14 @@ impl TrainArgs {
         set(&mut cfg.optim.optimizer, &self.optimizer);
         set(&mut cfg.optim.weight_decay, &self.weight_decay);
         set(&mut cfg.optim.warmup_epochs, &self.warmup_epochs);
+        set(&mut cfg.objective.loss, &self.loss);
+        set(&mut cfg.objective.similarity, &self.similarity);
+        set(&mut cfg.objective.normalize, &self.normalize);
         set(&mut cfg.objective.temperature, &self.temperature);
+        set(&mut cfg.objective.margin, &self.margin);
+        if self.concat_hidden.is_some() {
+            cfg.objective.concat_hidden = self.concat_hidden;
+        }
         set(&mut cfg.run.seed, &self.seed);
         set(&mut cfg.data.workers, &self.workers);
         set(&mut cfg.run.knn_every, &self.knn_every);
@@ -335,7 +369,8 @@ pub fn run() -> Result<ExitCode> {
             checkpoint,
             format,
             out,
-        } => export_command(&checkpoint, format, &out).map(|_| done),
+            head_layer,
+        } => export_command(&checkpoint, format, &out, head_layer).map(|_| done),
     }
 }
 
@@ -508,17 +543,21 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
         args.label_fraction,
         args.epochs
     );
+    let finetune_cfg = finetune::FinetuneConfig {
+        head_layer: args.head_layer,
+        image_size: cfg.data.image_size,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        workers: args.workers,
+    };
     let result = finetune::finetune(
         &vs,
-        &model.encoder,
+        &model,
         &splits.train,
         &splits.test,
         &indices,
-        cfg.data.image_size,
-        args.epochs,
-        args.batch_size,
-        args.seed,
-        args.workers,
+        &finetune_cfg,
     )?;
     eprintln!(
         "fine-tuned: top-1 {:.2}%, top-5 {:.2}%",
@@ -588,12 +627,17 @@ fn log_to_run(
     logger.flush()
 }
 
-fn export_command(checkpoint_path: &Path, format: ExportFormat, out: &Path) -> Result<()> {
+fn export_command(
+    checkpoint_path: &Path,
+    format: ExportFormat,
+    out: &Path,
+    head_layer: usize,
+) -> Result<()> {
     let (mut vs, model, meta) = checkpoint::load_model(checkpoint_path, tch::Device::Cpu)?;
     let cfg = &meta.config;
     match format {
         ExportFormat::Torchscript => {
-            export::torchscript(&mut vs, &model.encoder, cfg.data.image_size, out)?
+            export::torchscript(&mut vs, &model, head_layer, cfg.data.image_size, out)?
         }
         ExportFormat::Safetensors => export::safetensors(&vs, out)?,
     }

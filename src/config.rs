@@ -7,6 +7,7 @@
 //! (LARS, temperature 0.5, colour strength 0.5, no blur; SimCLR Appendix B.9).
 use crate::data::{augment::AugmentConfig, DataSpec};
 use crate::model::ModelConfig;
+use crate::objective::ObjectiveConfig;
 use crate::optim::OptimConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -70,20 +71,6 @@ impl Default for DataConfig {
             prefetch: 4,
             augment: AugmentConfig::default(),
         }
-    }
-}
-
-/// The contrastive loss.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ObjectiveConfig {
-    /// NT-Xent temperature τ: 0.1 on ImageNet, 0.5 in the CIFAR recipe.
-    pub temperature: f64,
-}
-
-impl Default for ObjectiveConfig {
-    fn default() -> Self {
-        ObjectiveConfig { temperature: 0.5 }
     }
 }
 
@@ -223,6 +210,7 @@ impl Config {
         self.model.validate()?;
         self.optim.validate()?;
         self.data.augment.validate()?;
+        self.objective.validate()?;
         let (data, run) = (&self.data, &self.run);
         if data.image_size < 8 {
             bail!("data.image_size must be >= 8, got {}", data.image_size);
@@ -232,12 +220,6 @@ impl Config {
                 "data.workers and data.prefetch must be >= 1, got {} and {}",
                 data.workers,
                 data.prefetch
-            );
-        }
-        if !(self.objective.temperature > 0.0 && self.objective.temperature.is_finite()) {
-            bail!(
-                "objective.temperature must be > 0, got {}",
-                self.objective.temperature
             );
         }
         if run.batch_size < 2 {
@@ -312,6 +294,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("epochz"), "{err}");
+        Ok(())
+    }
+
+    /// A configuration written before the objective and head options existed still loads,
+    /// as SimCLR's objective and SimCLRv1's head; the new options are spelled as on the CLI.
+    #[test]
+    fn older_files_load_and_objective_names_match_the_flags() -> Result<()> {
+        let old: Config = serde_json::from_str(r#"{"objective": {"temperature": 0.2}}"#)?;
+        assert_eq!(
+            old.objective,
+            ObjectiveConfig {
+                temperature: 0.2,
+                ..Default::default()
+            }
+        );
+        assert!(!old.model.head_bn);
+        let new: Config = serde_json::from_str(
+            r#"{"objective": {"loss": "margin-triplet", "similarity": "concat", "normalize": true},
+                "model": {"head_layers": 3, "head_bn": true}}"#,
+        )?;
+        assert_eq!(
+            new.objective.loss,
+            crate::objective::LossKind::MarginTriplet
+        );
+        assert_eq!(
+            new.objective.similarity,
+            crate::objective::SimilarityKind::Concat
+        );
+        assert!(new.objective.normalize && new.model.head_bn);
         Ok(())
     }
 

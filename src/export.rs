@@ -9,24 +9,30 @@
 //! Input contract: a float32 tensor `[B, 3, S, S]`, RGB, values in [0, 1], no mean/std
 //! normalisation (SimCLR trains on raw [0, 1] pixels), S = the training image size (other
 //! sizes work with the ImageNet stem; the CIFAR stem is meant for <= 32 px). Output: the
-//! representation h `[B, D]` (before the projection head), from the network in eval mode
-//! (batch-norm running statistics), for any batch size. Weights are embedded as constants.
-use crate::model::{resnet::ResNet, SimClr};
+//! representation h `[B, D]` (before the projection head), or, with `head_layer` K > 0, the
+//! output of the head's first K layers (SimCLRv2 fine-tunes from the middle layer of its
+//! 3-layer head: K = 1), from the network in eval mode (batch-norm running statistics), for
+//! any batch size. Weights are embedded as constants; the head's later layers and the
+//! objective's learned similarity are not part of the module.
+use crate::model::SimClr;
 use anyhow::{Context, Result};
 use std::path::Path;
-use tch::nn::{ModuleT, VarStore};
+use tch::nn::VarStore;
 use tch::{CModule, Device, Kind, Tensor};
 
-/// Traces `encoder` in eval mode and saves it as TorchScript at `path`.
+/// Traces the network up to `head_layer` (0: the encoder alone) in eval mode and saves it as
+/// TorchScript at `path`.
 ///
 /// The var store is frozen while tracing and saving (weights that require grad cannot become
 /// constants) and unfrozen afterwards.
 pub fn torchscript(
     vs: &mut VarStore,
-    encoder: &ResNet,
+    model: &SimClr,
+    head_layer: usize,
     image_size: usize,
     path: &Path,
 ) -> Result<()> {
+    model.check_head_layer(head_layer)?;
     vs.freeze();
     let example = Tensor::rand(
         [2, 3, image_size as i64, image_size as i64],
@@ -35,7 +41,7 @@ pub fn torchscript(
     let saved = tch::no_grad(|| -> Result<()> {
         let mut module =
             CModule::create_by_tracing("SimClrEncoder", "forward", &[example], &mut |inputs| {
-                vec![encoder.forward_t(&inputs[0], false)]
+                vec![model.representation(&inputs[0], head_layer, false)]
             })
             .context("tracing the encoder")?;
         module.to(Device::Cpu, Kind::Float, false);
@@ -75,29 +81,59 @@ mod tests {
     use super::*;
     use crate::model::{ModelConfig, SimClr};
 
-    /// The traced module reproduces the Rust encoder for batch sizes other than the traced one.
+    /// The traced module reproduces the Rust forward, of the encoder (K = 0) and up to each
+    /// head layer K (SimCLRv1 and SimCLRv2 heads), for batch sizes other than the traced one.
     #[test]
-    fn traced_encoder_matches_rust_for_any_batch() -> Result<()> {
+    fn traced_module_matches_rust_for_any_batch_and_head_layer() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("encoder.pt");
-        let mut vs = VarStore::new(Device::Cpu);
-        let model = SimClr::new(
-            &vs.root(),
-            &ModelConfig {
+        for (head_layers, head_bn, head_layer) in [
+            (2, false, 0),
+            (2, false, 1),
+            (2, false, 2),
+            (3, true, 1),
+            (3, true, 3),
+        ] {
+            let mut vs = VarStore::new(Device::Cpu);
+            let cfg = ModelConfig {
                 width: 0.125,
+                head_layers,
+                head_bn,
                 ..Default::default()
-            },
-            16,
-        );
-        torchscript(&mut vs, &model.encoder, 16, &path)?;
-        let loaded = CModule::load(&path)?;
-        for batch in [1, 7] {
-            let x = Tensor::rand([batch, 3, 16, 16], (Kind::Float, Device::Cpu));
-            let ours = tch::no_grad(|| model.encoder.forward_t(&x, false));
-            let theirs = loaded.forward_ts(&[&x])?;
-            assert_eq!(theirs.size(), ours.size());
-            assert!(ours.allclose(&theirs, 1e-5, 1e-5, false), "batch {batch}");
+            };
+            let model = SimClr::new(&vs.root(), &cfg, 16);
+            // Move the batch-norm running statistics away from their initial values.
+            let warm = Tensor::rand([8, 3, 16, 16], (Kind::Float, Device::Cpu));
+            let _ = tch::no_grad(|| model.forward_t(&warm, true));
+            torchscript(&mut vs, &model, head_layer, 16, &path)?;
+            let loaded = CModule::load(&path)?;
+            for batch in [1, 7] {
+                let x = Tensor::rand([batch, 3, 16, 16], (Kind::Float, Device::Cpu));
+                let ours = tch::no_grad(|| model.representation(&x, head_layer, false));
+                let theirs = loaded.forward_ts(&[&x])?;
+                assert_eq!(theirs.size(), ours.size());
+                assert!(
+                    ours.allclose(&theirs, 1e-5, 1e-5, false),
+                    "{head_layers} layers, K = {head_layer}, batch {batch}"
+                );
+            }
         }
         Ok(())
+    }
+
+    #[test]
+    fn a_head_layer_beyond_the_head_is_refused() {
+        let mut vs = VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            width: 0.125,
+            ..Default::default()
+        };
+        let model = SimClr::new(&vs.root(), &cfg, 16);
+        let path = std::env::temp_dir().join("never-written.pt");
+        let err = torchscript(&mut vs, &model, 3, 16, &path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("head layer 3"), "{err}");
+        assert!(!path.exists());
     }
 }

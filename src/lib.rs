@@ -2,9 +2,9 @@
 //! contrastive self-supervised pre-training of image encoders on libtorch through `tch`.
 //!
 //! The data flows: [`data`] (datasets, two-view augmentation, loader) -> [`model`] (encoder f,
-//! head g) -> [`objective`] (NT-Xent) -> [`optim`] (LARS, schedule) in the loop of [`train`],
-//! reported by [`logging`] (with [`tensorboard`] summaries and a [`projector`] export), saved by
-//! [`checkpoint`], watched by [`eval`], shipped by [`export`].
+//! head g) -> [`objective`] (similarity and contrastive loss) -> [`optim`] (LARS, schedule) in
+//! the loop of [`train`], reported by [`logging`] (with [`tensorboard`] summaries and a
+//! [`projector`] export), saved by [`checkpoint`], watched by [`eval`], shipped by [`export`].
 //! The binary's command line is [`cli`]; [`shim`] wraps the small C++ shim over libtorch.
 pub mod checkpoint;
 pub mod cli;

@@ -1,10 +1,13 @@
-//! Safe wrappers over the C++ shim (`src/csrc/shim.cpp`): what tch does not expose.
+//! Safe wrappers over the C++ shim (`src/csrc/*.cpp`): what tch does not expose (autocast
+//! dtype, version queries, and the concat similarity's memory-bounded autograd function).
 //!
 //! Every shim call that can fail returns a heap-allocated C string (null on success); this
 //! module turns it into an `anyhow::Error` and frees it, so no C++ exception or raw pointer
 //! ever reaches the rest of the program.
 use anyhow::{bail, Result};
 use std::ffi::{c_char, c_int, CStr, CString};
+use tch::Tensor;
+use torch_sys::C_tensor;
 
 extern "C" {
     fn simclr_free_error(error: *mut c_char);
@@ -14,6 +17,13 @@ extern "C" {
     fn simclr_nccl_version() -> i64;
     fn simclr_cudnn_version(out: *mut i64) -> *mut c_char;
     fn simclr_set_autocast(device_type: *const c_char, enabled: bool, dtype: c_int) -> *mut c_char;
+    fn simclr_additive_scores(
+        a: *const C_tensor,
+        b: *const C_tensor,
+        w: *const C_tensor,
+        budget: i64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
 }
 
 /// Turns a shim error string into a Result, freeing the string.
@@ -91,10 +101,27 @@ pub fn with_autocast<T>(
     Ok(out)
 }
 
+/// The pairwise scores of the concat/additive similarity, S_ij = Σ_h w_h tanh(a_ih + b_jh),
+/// differentiable in `a`, `b` and `w` (`src/csrc/additive_similarity.cpp`). It works through
+/// blocks of anchor rows holding at most `chunk_elements` pre-activations each, and its backward
+/// recomputes them, so no `[M, K, H]` tensor ever exists, in the forward or the backward pass.
+///
+/// # Shapes
+/// `a [M, H]`, `b [K, H]`, `w [H]`, one dtype and device -> `[M, K]`.
+pub fn additive_scores(a: &Tensor, b: &Tensor, w: &Tensor, chunk_elements: i64) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the three tensors outlive the call; on success `out` is a new tensor we own.
+    let error = unsafe {
+        simclr_additive_scores(a.as_ptr(), b.as_ptr(), w.as_ptr(), chunk_elements, &mut out)
+    };
+    check(error, "additive similarity")?;
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind, Tensor};
+    use tch::{Device, Kind};
 
     #[test]
     fn versions_match_the_linked_libtorch() {

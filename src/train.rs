@@ -1,5 +1,5 @@
 //! The training loop: SimCLR pre-training (Chen et al. 2020, Algorithm 1) of encoder f and
-//! head g with NT-Xent, reading top to bottom like nanoGPT's `train.py`:
+//! head g with the contrastive objective (NT-Xent by default), reading top to bottom like nanoGPT's `train.py`:
 //! set-up -> kNN before training -> per step: learning rate, forward both views, loss,
 //! backward, optimiser step, logging -> per epoch: checkpoint, kNN -> export `encoder.pt`.
 //!
@@ -16,7 +16,7 @@ use crate::export;
 use crate::interrupt::StopRequest;
 use crate::logging::{epoch_bar, MetricsLogger};
 use crate::model::SimClr;
-use crate::objective::nt_xent;
+use crate::objective::Objective;
 use crate::optim::{schedule::scaled_lr, Optimizer, Schedule};
 use crate::shim;
 use crate::{projector, tensorboard};
@@ -94,9 +94,11 @@ pub fn run(
     )?;
     let steps_per_epoch = loader.batches_per_epoch() as u64;
 
-    // ---- model, optimiser, schedule (per step, from the global batch)
+    // ---- model, objective (its learned similarity, if any, trains with the model),
+    // optimiser, schedule (per step, from the global batch)
     let mut vs = VarStore::new(device);
     let model = SimClr::new(&vs.root(), &cfg.model, image_size);
+    let objective = Objective::new(&vs.root(), &cfg.objective, cfg.model.proj_dim);
     let mut optimizer = Optimizer::new(&vs, &cfg.optim);
     let global_batch = cfg.run.batch_size; // x world size once data parallelism lands
     let schedule = Schedule {
@@ -128,6 +130,11 @@ pub fn run(
     eprintln!(
         "training {:?} x{} on {} ({} train / {} test images), {} epochs x {} steps, batch {}, peak lr {:.3}, device {:?}",
         cfg.model.arch, cfg.model.width, cfg.data.spec, train_set.len(), test_set.len(), cfg.run.epochs, steps_per_epoch, global_batch, schedule.peak, device
+    );
+    let obj = &cfg.objective;
+    eprintln!(
+        "objective {:?} with {:?} similarity (normalize {}), temperature {}, margin {}",
+        obj.loss, obj.similarity, obj.normalize, obj.temperature, obj.margin
     );
 
     // ---- kNN before training: the baseline the representation must beat
@@ -199,12 +206,12 @@ pub fn run(
             let lr = schedule.lr(step);
 
             // ---- forward: both views in one pass, so batch norm sees all 2N views (as the
-            // official code does); then the loss over the 2N projections in f32
+            // official code does); then the loss over the 2N projections, outside autocast, in f32
             let [view1, view2] = batch.views;
             let views = Tensor::cat(&[view1, view2], 0); // [2N, 3, S, S]
             let (_h, z) = shim::with_autocast(device, autocast, || model.forward_t(&views, true))?;
             let z = z.chunk(2, 0); // 2 x [N, proj_dim]
-            let out = nt_xent(&z[0], &z[1], cfg.objective.temperature);
+            let out = objective.forward(&z[0], &z[1])?;
 
             // ---- backward and update
             optimizer.zero_grad();
@@ -216,9 +223,10 @@ pub fn run(
             loss_sum += out.loss.detach();
             bar.inc(1);
 
-            // ---- logging (sync point: reads the loss back from the device)
+            // ---- logging (sync point: reads the loss and the contrastive metrics back)
             if step % cfg.run.log_every as u64 == 0 {
                 let loss = out.loss.double_value(&[]);
+                let contrast = out.metrics();
                 if !loss.is_finite() {
                     bail!("loss became {loss} at step {step}: lower optim.lr or check the data");
                 }
@@ -231,7 +239,9 @@ pub fn run(
                     epoch_f,
                     &[
                         ("train/loss", loss),
-                        ("train/contrast_acc", out.accuracy.double_value(&[])),
+                        ("train/contrast_acc", contrast.top1),
+                        ("train/contrast_top5", contrast.top5),
+                        ("train/contrast_entropy", contrast.entropy),
                         ("train/lr", lr),
                         ("train/images_per_sec", images_per_sec),
                         (
@@ -323,7 +333,7 @@ pub fn run(
 
     // ---- export the encoder f
     let encoder = run_dir.join("encoder.pt");
-    export::torchscript(&mut vs, &model.encoder, image_size, &encoder)?;
+    export::torchscript(&mut vs, &model, 0, image_size, &encoder)?;
     logger.flush()?;
     eprintln!(
         "wrote {} (kNN top-1 {:.2}%)",

@@ -35,7 +35,7 @@ fn bad_input_gets_one_clear_line() {
     let out_dir = out_dir.to_string_lossy();
     let missing = tmp.path().join("nothing");
     let missing = missing.to_string_lossy();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["train", "--out", &out_dir, "--data", "imagenet"],
             "imagenet",
@@ -48,6 +48,11 @@ fn bad_input_gets_one_clear_line() {
             &["train", "--out", &out_dir, "--batch-size", "1"],
             "run.batch_size",
         ),
+        (
+            &["train", "--out", &out_dir, "--margin=-1"],
+            "objective.margin",
+        ),
+        (&["train", "--out", &out_dir, "--loss", "hinge"], "hinge"),
         (
             &[
                 "train",

@@ -1,7 +1,7 @@
 //! `simclr export --format safetensors`, `simclr eval knn` and `simclr finetune` through the
 //! binary, with torchvision (in the venv's Python) as the real client of the exported weights.
 mod common;
-use common::{as_strs, last_json, python_output, run_dir, run_ok, tiny_run};
+use common::{as_strs, last_json, python_output, run, run_dir, run_ok, tiny_run};
 use simclr::checkpoint;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
@@ -130,4 +130,11 @@ fn finetune_uses_a_balanced_label_fraction_and_reports_json() {
         (0.0..=1.0).contains(&top1) && top1 <= top5 && top5 <= 1.0,
         "{report}"
     );
+
+    // SimCLRv2-style: the classifier after the head's first layer (the tiny model's head has 2).
+    let from_layer = last_json(&run_ok(&[&args[..], &["--head-layer", "1"]].concat()));
+    assert!(from_layer["top1"].as_f64().is_some(), "{from_layer}");
+    let too_deep = run(&[&args[..], &["--head-layer", "3"]].concat());
+    assert!(!too_deep.status.success());
+    assert!(String::from_utf8_lossy(&too_deep.stderr).contains("head layer 3 does not exist"));
 }

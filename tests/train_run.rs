@@ -1,10 +1,10 @@
 //! End-to-end runs of `simclr train` on a tiny configuration: every artifact of a run
-//! directory, the TorchScript encoder against the Rust model (tch and Python), and resume.
+//! directory, the TorchScript encoder against the Rust model (tch and Python), `simclr export`
+//! of a head layer, and resume.
 mod common;
 use common::{as_strs, last_json, metrics, python_output, run, run_dir, run_ok, tiny_run};
 use simclr::checkpoint;
 use std::path::Path;
-use tch::nn::ModuleT;
 use tch::{CModule, Device, Kind, Tensor};
 
 /// A deterministic input both Rust and Python can build: values k / count in [0, 1).
@@ -13,11 +13,17 @@ fn ramp_input(batch: i64, size: i64) -> Tensor {
     Tensor::arange(count, (Kind::Float, Device::Cpu)).view([batch, 3, size, size]) / count as f64
 }
 
+/// The representation after `head_layer` head layers (0: the encoder's h) of the
+/// checkpoint's model, rebuilt in Rust.
+fn rust_representation(ckpt_path: &Path, x: &Tensor, head_layer: usize) -> Tensor {
+    let (_vs, model, _meta) =
+        checkpoint::load_model(ckpt_path, Device::Cpu).expect("checkpoint loads");
+    tch::no_grad(|| model.representation(x, head_layer, false))
+}
+
 /// The encoder h of the checkpoint's model, rebuilt in Rust.
 fn rust_encoder_output(ckpt_path: &Path, x: &Tensor) -> Tensor {
-    let (_vs, model, _cfg) =
-        checkpoint::load_model(ckpt_path, Device::Cpu).expect("checkpoint loads");
-    tch::no_grad(|| model.encoder.forward_t(x, false))
+    rust_representation(ckpt_path, x, 0)
 }
 
 #[test]
@@ -118,6 +124,35 @@ fn tiny_run_writes_every_artifact_and_a_faithful_encoder() {
         diff < 1e-4,
         "Python's torch.jit.load output differs by {diff}"
     );
+
+    // `simclr export --head-layer 1`: the output of the head's first layer, equal to Rust's.
+    let last = dir.join("checkpoints/last.pt");
+    let head1 = dir.join("head1.pt");
+    let export = |layer: &str| {
+        run(&[
+            "export",
+            "--checkpoint",
+            &last.to_string_lossy(),
+            "--out",
+            &head1.to_string_lossy(),
+            "--head-layer",
+            layer,
+        ])
+    };
+    assert!(export("1").status.success());
+    let module = CModule::load(&head1).expect("head1.pt loads");
+    let x = ramp_input(5, 32);
+    let traced = module.forward_ts(&[&x]).expect("forward");
+    let ours = rust_representation(&last, &x, 1);
+    assert_eq!(traced.size(), [5, 32], "the head's hidden width is h's");
+    let diff = (&ours - &traced).abs().max().double_value(&[]);
+    assert!(
+        diff < 1e-5,
+        "head layer 1: TorchScript differs from Rust by {diff}"
+    );
+    let beyond = export("3");
+    assert!(!beyond.status.success());
+    assert!(String::from_utf8_lossy(&beyond.stderr).contains("head layer 3"));
 
     // A second fresh run into the same directory is refused rather than overwriting it.
     let again = run(&as_strs(&tiny_run(&dir, 2)));

@@ -1,6 +1,7 @@
 // The C++ shim: only what tch cannot reach. Every function is `extern "C"`, never lets a C++
 // exception cross into Rust (each one is caught and returned as a heap string that the caller
-// frees with simclr_free_error), and has a safe wrapper in src/shim.rs.
+// frees with simclr_free_error, see shim.h), and has a safe wrapper in src/shim.rs.
+// additive_similarity.cpp holds the chunked concat/additive similarity with its own backward.
 #include <torch/torch.h>
 #include <torch/version.h>
 #include <ATen/autocast_mode.h>
@@ -14,23 +15,7 @@
 #include <nccl.h>
 #endif
 
-#include <cstring>
-#include <exception>
-
-namespace {
-char* error_string(const char* message) { return strdup(message); }
-}  // namespace
-
-#define SHIM_TRY try {
-#define SHIM_CATCH                                    \
-  }                                                   \
-  catch (const std::exception& e) {                   \
-    return error_string(e.what());                    \
-  }                                                   \
-  catch (...) {                                       \
-    return error_string("unknown C++ exception");     \
-  }                                                   \
-  return nullptr;
+#include "shim.h"
 
 extern "C" {
 

@@ -1,7 +1,8 @@
 //! Semi-supervised fine-tuning on a fraction of the labels (SimCLR, Section 6 and Appendix
 //! B.5): "we fine-tune the pretrained network on 1% or 10% of the labeled data", sampled in a
-//! class-balanced way; the encoder and a new linear classifier on h are trained together, and
-//! top-1/top-5 are reported on the test split.
+//! class-balanced way; the encoder and a new linear classifier on h are trained together (with
+//! a SimCLRv2 head, optionally from one of its layers, also trained), and top-1/top-5 are
+//! reported on the test split.
 //!
 //! The paper fine-tunes with Nesterov momentum, "batch size 4096, learning rate 0.8 (i.e.
 //! LearningRate = 0.05 x BatchSize/256) without warmup", no weight decay, random crops and
@@ -11,14 +12,14 @@
 use crate::data::augment::AugmentConfig;
 use crate::data::loader::{eval_batches, LoaderConfig, TwoViewLoader};
 use crate::data::ImageSet;
-use crate::model::resnet::ResNet;
+use crate::model::SimClr;
 use crate::optim::{LrScaling, OptimConfig, Optimizer, OptimizerKind, Schedule};
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 use std::sync::Arc;
-use tch::nn::{self, ModuleT, VarStore};
+use tch::nn::{self, VarStore};
 use tch::{Device, Kind, Tensor};
 
 /// Base learning rate of fine-tuning, scaled by B/256 (the paper's 0.05).
@@ -71,33 +72,50 @@ fn subset(set: &ImageSet, indices: &[usize]) -> Result<ImageSet> {
     ImageSet::new(images, labels, set.height, set.width, set.num_classes)
 }
 
-/// Fine-tunes `encoder` (whose weights live in `vs`) with a new linear classifier on the
-/// labelled `subset` of `train`, then evaluates on `test`.
-#[allow(clippy::too_many_arguments)]
+/// How fine-tuning runs.
+#[derive(Debug, Clone)]
+pub struct FinetuneConfig {
+    /// Where the classifier sits: 0 = on h; K = after K projection-head layers, which are
+    /// fine-tuned too (SimCLRv2 fine-tunes from the middle layer of its 3-layer head: K = 1).
+    pub head_layer: usize,
+    pub image_size: usize,
+    pub epochs: usize,
+    /// Labelled images per step (capped at the subset's size).
+    pub batch_size: usize,
+    pub seed: u64,
+    pub workers: usize,
+}
+
+/// Fine-tunes `model` (whose weights live in `vs`) up to `cfg.head_layer` with a new linear
+/// classifier on the labelled `indices` of `train`, then evaluates on `test`.
 pub fn finetune(
     vs: &VarStore,
-    encoder: &ResNet,
+    model: &SimClr,
     train: &ImageSet,
     test: &ImageSet,
     indices: &[usize],
-    image_size: usize,
-    epochs: usize,
-    batch_size: usize,
-    seed: u64,
-    workers: usize,
+    cfg: &FinetuneConfig,
 ) -> Result<FinetuneResult> {
+    model.check_head_layer(cfg.head_layer)?;
+    let (image_size, epochs, seed) = (cfg.image_size, cfg.epochs, cfg.seed);
     let device = vs.device();
+    let represent = |x: &Tensor, train: bool| model.representation(x, cfg.head_layer, train);
     let labelled = Arc::new(subset(train, indices)?);
-    let batch_size = batch_size.min(labelled.len());
+    let batch_size = cfg.batch_size.min(labelled.len());
     if batch_size < 2 {
         bail!(
             "the labelled subset holds {} image(s): raise --label-fraction",
             labelled.len()
         );
     }
+    let probe = Tensor::zeros(
+        [2, 3, image_size as i64, image_size as i64],
+        (Kind::Float, device),
+    );
+    let width = tch::no_grad(|| represent(&probe, false)).size()[1];
     let classifier = nn::linear(
         &vs.root() / "finetune" / "fc",
-        encoder.out_dim(),
+        width,
         train.num_classes as i64,
         Default::default(),
     );
@@ -110,7 +128,7 @@ pub fn finetune(
     let loader_cfg = LoaderConfig {
         batch_size,
         image_size,
-        workers,
+        workers: cfg.workers,
         prefetch: 2,
         seed,
         rank: 0,
@@ -140,8 +158,7 @@ pub fn finetune(
             let [view1, view2] = batch.views;
             let x = Tensor::cat(&[view1, view2], 0); // [2B, 3, S, S]
             let y = Tensor::cat(&[&labels, &labels], 0); // [2B]
-            let loss = encoder
-                .forward_t(&x, true)
+            let loss = represent(&x, true)
                 .apply(&classifier)
                 .cross_entropy_for_logits(&y);
             optimizer.zero_grad();
@@ -150,7 +167,13 @@ pub fn finetune(
             step += 1;
         }
     }
-    let (top1, top5) = evaluate(encoder, &classifier, test, image_size, device);
+    let (top1, top5) = evaluate(
+        &|x| represent(x, false),
+        &classifier,
+        test,
+        image_size,
+        device,
+    );
     Ok(FinetuneResult {
         top1,
         top5,
@@ -159,9 +182,9 @@ pub fn finetune(
     })
 }
 
-/// Top-1 and top-5 (capped at the class count) of encoder + classifier on `test`.
+/// Top-1 and top-5 (capped at the class count) of representation + classifier on `test`.
 fn evaluate(
-    encoder: &ResNet,
+    represent: &dyn Fn(&Tensor) -> Tensor,
     classifier: &nn::Linear,
     test: &ImageSet,
     image_size: usize,
@@ -170,7 +193,7 @@ fn evaluate(
     tch::no_grad(|| {
         let (mut top1, mut top5) = (0i64, 0i64);
         for (x, y) in eval_batches(test, image_size, 256, device) {
-            let logits = encoder.forward_t(&x, false).apply(classifier);
+            let logits = represent(&x).apply(classifier);
             let k = 5.min(logits.size()[1]);
             let hits = logits.topk(k, 1, true, true).1.eq_tensor(&y.unsqueeze(1)); // [b, k]
             top1 += hits.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]);

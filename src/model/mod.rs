@@ -43,6 +43,9 @@ pub struct ModelConfig {
     pub head_hidden: Option<i64>,
     /// Output width of the head (128 in the paper).
     pub proj_dim: i64,
+    /// Batch norm on every head layer, the last one included, without bias before it
+    /// (SimCLRv2's head; false: SimCLRv1's, whose last layer is a plain Linear).
+    pub head_bn: bool,
 }
 
 impl Default for ModelConfig {
@@ -54,6 +57,7 @@ impl Default for ModelConfig {
             head_layers: 2,
             head_hidden: None,
             proj_dim: 128,
+            head_bn: false,
         }
     }
 }
@@ -99,15 +103,7 @@ impl SimClr {
     /// Builds the network for `image_size` inputs.
     pub fn new(root: &nn::Path, cfg: &ModelConfig, image_size: usize) -> SimClr {
         let encoder = resnet::ResNet::new(&(root / Self::ENCODER), cfg, image_size);
-        let h_dim = encoder.out_dim();
-        let hidden = cfg.head_hidden.unwrap_or(h_dim);
-        let head = head::ProjectionHead::new(
-            &(root / "head"),
-            h_dim,
-            hidden,
-            cfg.proj_dim,
-            cfg.head_layers,
-        );
+        let head = head::ProjectionHead::new(&(root / "head"), encoder.out_dim(), cfg);
         SimClr { encoder, head }
     }
 
@@ -116,6 +112,27 @@ impl SimClr {
         let h = self.encoder.forward_t(xs, train);
         let z = self.head.forward_t(&h, train);
         (h, z)
+    }
+
+    /// Fails, naming the value, unless the head has a layer `head_layer` (0 = h is always
+    /// there).
+    pub fn check_head_layer(&self, head_layer: usize) -> Result<()> {
+        let depth = self.head.depth();
+        if head_layer > depth {
+            bail!("head layer {head_layer} does not exist: the projection head has {depth} layers (model.head_layers; 0 = the encoder output h)");
+        }
+        Ok(())
+    }
+
+    /// The representation taken after `head_layer` layers of the head: 0 = h (what SimCLR
+    /// evaluates), 1 = SimCLRv2's fine-tuning point (the middle of a 3-layer head), the head's
+    /// depth (or more) = z. See [`SimClr::check_head_layer`].
+    ///
+    /// # Shapes
+    /// `[B, 3, S, S]` -> `[B, h_dim]`, `[B, head_hidden]` or `[B, proj_dim]`.
+    pub fn representation(&self, xs: &Tensor, head_layer: usize, train: bool) -> Tensor {
+        let h = self.encoder.forward_t(xs, train);
+        self.head.forward_to(&h, head_layer, train)
     }
 }
 

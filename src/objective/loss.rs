@@ -1,0 +1,119 @@
+//! The contrastive losses of the method notes, per anchor, from one matrix of similarities over
+//! the 2N views (SimCLR, Section 5.1 and Table 2). For anchor u = z_i, its positive v⁺ = z_p(i)
+//! (the other view of the same image) and its 2N−2 negatives v⁻ = z_k, k ∉ {i, p(i)} (the self
+//! pair is excluded everywhere), with s⁺ = s(u, v⁺), s⁻ = s(u, v⁻):
+//!
+//! | loss | ℓ_i | −∂ℓ_i/∂u |
+//! |---|---|---|
+//! | `nt-xent` | −s⁺/τ + log Σ_{k≠i} exp(s_k/τ) | ((1−p⁺) ∂s⁺ − Σ⁻ p⁻ ∂s⁻)/τ, p = softmax(s/τ) |
+//! | `nt-logistic` | −log σ(s⁺/τ) − (1/K) Σ⁻ log σ(−s⁻/τ) | (σ(−s⁺/τ) ∂s⁺ − (1/K) Σ⁻ σ(s⁻/τ) ∂s⁻)/τ |
+//! | `margin-triplet` | (1/K) Σ⁻ max(s⁻ − s⁺ + m, 0) | (1/K) Σ⁻ [s⁺ − s⁻ < m] (∂s⁺ − ∂s⁻) |
+//!
+//! with K = 2N−2 and ∂s = ∂s(u, ·)/∂u. The loss is L = 1/(2N) Σ_i ℓ_i.
+//!
+//! Choices where the notes leave room, each tested against the closed form above:
+//! - **τ in the logistic loss.** The notes' loss line reads −log σ(s⁺) − log σ(−s⁻/τ), without
+//!   τ on the positive, but their gradient has σ(−s⁺/τ)/τ, which is the gradient of
+//!   −log σ(s⁺/τ). We take τ on both terms, as the gradient and SimCLR's Table 2 ("NT-Logistic:
+//!   log σ(uᵀv⁺/τ) + log σ(−uᵀv⁻/τ)") do, so that loss and gradient agree.
+//! - **The softmax in the cross-entropy gradient.** The notes write exp(s)/Z with
+//!   Z = Σ exp(s); the derivative of the loss line has exp(s/τ)/Σ exp(s/τ). The two agree at
+//!   τ = 1 and we read the notes that way.
+//! - **Several negatives.** The notes state the logistic and triplet losses for one negative.
+//!   Both are averaged uniformly over all 2N−2 negatives (weight 1/K each), so the positive
+//!   term and the negatives as a group weigh the same, and the loss scale does not grow with
+//!   the batch. SimCLR's best NT-Logistic and triplet numbers use semi-hard negative mining,
+//!   which is not implemented here. Unlike the cross-entropy, these two do not weigh negatives
+//!   by their relative hardness (the notes' observation).
+//! - **The margin's edge.** At s⁺ − s⁻ = m exactly the triplet term is 0 and so is its gradient
+//!   (the notes' strict "<"; ReLU's derivative at 0 is 0).
+//!
+//! # Shapes
+//! scores `[2N, 2N]` (`scores[i][j] = s(z_i, z_j)`, diagonal ignored) -> per-anchor losses `[2N]`.
+use super::{positive_mask, positive_scores, self_mask};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+/// Which contrastive loss is minimised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossKind {
+    /// Normalised temperature-scaled cross-entropy (SimCLR's).
+    NtXent,
+    /// Normalised temperature-scaled logistic loss.
+    NtLogistic,
+    /// Margin triplet loss.
+    MarginTriplet,
+}
+
+/// ℓ_i for every anchor i of the 2N views (views k and k+N are the two views of image k).
+///
+/// # Shapes
+/// `scores [2N, 2N]` -> `[2N]`.
+pub fn per_anchor(kind: LossKind, scores: &Tensor, temperature: f64, margin: f64) -> Tensor {
+    let views = scores.size()[0];
+    let device = scores.device();
+    let positive = positive_scores(scores); // [2N, 1]
+
+    // Every pair that is neither the anchor itself nor its positive is a negative: 2N-2 a row.
+    let not_negative = self_mask(views, device).logical_or(&positive_mask(views, device)); // [2N, 2N]
+    let negatives = (views - 2).max(1) as f64;
+    // [2N, 2N] -> [2N]: the mean of each row's terms over its negatives.
+    let mean_over_negatives = |terms: Tensor| {
+        terms
+            .masked_fill(&not_negative, 0.0)
+            .sum_dim_intlist(1, false, None)
+            / negatives
+    };
+    match kind {
+        LossKind::NtXent => {
+            let logits =
+                (scores / temperature).masked_fill(&self_mask(views, device), f64::NEG_INFINITY);
+            logits.logsumexp([1], false) - positive.squeeze_dim(1) / temperature
+        }
+        LossKind::NtLogistic => {
+            // -log σ(x) = softplus(-x), computed stably by log_sigmoid.
+            -(&positive / temperature).log_sigmoid().squeeze_dim(1)
+                - mean_over_negatives((-scores / temperature).log_sigmoid())
+        }
+        LossKind::MarginTriplet => mean_over_negatives((scores - &positive + margin).relu()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// All similarities equal: NT-Xent is ln(2N−1) (every candidate ties), NT-Logistic is
+    /// 2·ln 2 at s = 0, and the triplet loss is the margin.
+    #[test]
+    fn closed_forms_when_every_similarity_ties() {
+        let views = 8;
+        let scores = Tensor::zeros([views, views], (Kind::Double, Device::Cpu));
+        let mean = |kind| {
+            per_anchor(kind, &scores, 0.3, 0.7)
+                .mean(Kind::Double)
+                .double_value(&[])
+        };
+        assert!((mean(LossKind::NtXent) - ((views - 1) as f64).ln()).abs() < 1e-12);
+        assert!((mean(LossKind::NtLogistic) - 2.0 * 2f64.ln()).abs() < 1e-12);
+        assert!((mean(LossKind::MarginTriplet) - 0.7).abs() < 1e-12);
+    }
+
+    /// The diagonal never matters, however large (the self-similarity masking bug).
+    #[test]
+    fn the_self_pair_is_ignored() {
+        let scores = Tensor::randn([6, 6], (Kind::Double, Device::Cpu));
+        let boosted = &scores + Tensor::eye(6, (Kind::Double, Device::Cpu)) * 100.0;
+        for kind in [
+            LossKind::NtXent,
+            LossKind::NtLogistic,
+            LossKind::MarginTriplet,
+        ] {
+            let a = per_anchor(kind, &scores, 0.5, 1.0);
+            let b = per_anchor(kind, &boosted, 0.5, 1.0);
+            assert!(a.allclose(&b, 1e-12, 1e-12, false), "{kind:?}");
+        }
+    }
+}
