@@ -81,6 +81,9 @@ enum Command {
         /// layer K (SimCLRv2 fine-tunes from 1, the middle of its 3-layer head).
         #[arg(long, default_value_t = 0)]
         head_layer: usize,
+        /// Export through the whole projection head: the output is z (as --head-layer = depth).
+        #[arg(long, conflicts_with = "head_layer")]
+        with_head: bool,
     },
 }
 
@@ -370,7 +373,8 @@ pub fn run() -> Result<ExitCode> {
             format,
             out,
             head_layer,
-        } => export_command(&checkpoint, format, &out, head_layer).map(|_| done),
+            with_head,
+        } => export_command(&checkpoint, format, &out, head_layer, with_head).map(|_| done),
     }
 }
 
@@ -632,9 +636,18 @@ fn export_command(
     format: ExportFormat,
     out: &Path,
     head_layer: usize,
+    with_head: bool,
 ) -> Result<()> {
     let (mut vs, model, meta) = checkpoint::load_model(checkpoint_path, tch::Device::Cpu)?;
     let cfg = &meta.config;
+    let head_layer = if with_head {
+        model.head.depth()
+    } else {
+        head_layer
+    };
+    if head_layer > 0 && matches!(format, ExportFormat::Safetensors) {
+        anyhow::bail!("--head-layer/--with-head apply to --format torchscript; safetensors holds the encoder only");
+    }
     match format {
         ExportFormat::Torchscript => {
             export::torchscript(&mut vs, &model, head_layer, cfg.data.image_size, out)?

@@ -153,6 +153,24 @@ fn tiny_run_writes_every_artifact_and_a_faithful_encoder() {
     let beyond = export("3");
     assert!(!beyond.status.success());
     assert!(String::from_utf8_lossy(&beyond.stderr).contains("head layer 3"));
+    // --with-head: through the whole head, the projection z.
+    let with_head = dir.join("with_head.pt");
+    run_ok(&[
+        "export",
+        "--checkpoint",
+        &last.to_string_lossy(),
+        "--out",
+        &with_head.to_string_lossy(),
+        "--with-head",
+    ]);
+    let z = CModule::load(&with_head)
+        .expect("with_head.pt loads")
+        .forward_ts(&[&x])
+        .expect("forward");
+    assert!(
+        z.allclose(&rust_representation(&last, &x, 2), 1e-5, 1e-5, false),
+        "--with-head exports z"
+    );
 
     // A second fresh run into the same directory is refused rather than overwriting it.
     let again = run(&as_strs(&tiny_run(&dir, 2)));
