@@ -2,7 +2,7 @@
 //! or killed by SIGKILL (with per-step checkpoints) and resumed ends with exactly the weights,
 //! optimiser state and per-step losses of the same run left alone.
 mod common;
-use common::{as_strs, metrics, run_dir, run_ok, simclr, tiny_run};
+use common::{as_strs, assert_same_final_state, metrics, run_dir, run_ok, simclr, tiny_run};
 use simclr::checkpoint;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -67,21 +67,7 @@ fn interrupted_run(
 fn assert_resumes_to(dir: &Path, full: &Path) {
     run_ok(&["train", "--resume", &dir.to_string_lossy()]);
     assert_eq!(losses(dir), losses(full), "per-step losses");
-    let a = checkpoint::load(&checkpoint::last_path(full), Device::Cpu).expect("full checkpoint");
-    let b = checkpoint::load(&checkpoint::last_path(dir), Device::Cpu).expect("resumed checkpoint");
-    assert_eq!(a.meta.step, b.meta.step);
-    for (name, t) in &a.model {
-        assert!(
-            t.equal(&b.model[name]),
-            "weight {name} differs after resume"
-        );
-    }
-    for (name, t) in &a.optimizer {
-        assert!(
-            t.equal(&b.optimizer[name]),
-            "optimizer state {name} differs after resume"
-        );
-    }
+    assert_same_final_state(full, dir);
 }
 
 /// A step in 3..=14 that changes from one test run to the next.

@@ -2,7 +2,10 @@
 //! directory, the TorchScript encoder against the Rust model (tch and Python), `simclr export`
 //! of a head layer, and resume.
 mod common;
-use common::{as_strs, last_json, metrics, python_output, run, run_dir, run_ok, tiny_run};
+use common::{
+    as_strs, assert_same_final_state, last_json, metrics, python_output, run, run_dir, run_ok,
+    tiny_run,
+};
 use simclr::checkpoint;
 use std::path::Path;
 use tch::{CModule, Device, Kind, Tensor};
@@ -224,22 +227,7 @@ fn resume_skips_a_damaged_checkpoint_and_continues_exactly() {
     assert_eq!(expected.len(), 3);
     assert_eq!(got, expected, "per-step (step, loss, lr) after resuming");
 
-    let a = checkpoint::load(&checkpoint::last_path(&full), Device::Cpu).expect("full checkpoint");
-    let b = checkpoint::load(&checkpoint::last_path(&resumed), Device::Cpu)
-        .expect("resumed checkpoint");
-    assert_eq!(a.meta.step, b.meta.step);
-    for (name, t) in &a.model {
-        assert!(
-            t.equal(&b.model[name]),
-            "weight {name} differs after resume"
-        );
-    }
-    for (name, t) in &a.optimizer {
-        assert!(
-            t.equal(&b.optimizer[name]),
-            "optimizer state {name} differs after resume"
-        );
-    }
+    assert_same_final_state(&full, &resumed);
 }
 
 /// The learning signal is real: the default run cut to 8 epochs lifts kNN accuracy by more

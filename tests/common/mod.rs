@@ -90,3 +90,22 @@ pub fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
 pub fn run_dir(tmp: &tempfile::TempDir, name: &str) -> PathBuf {
     tmp.path().join(name)
 }
+
+/// The last checkpoints of two runs hold the same step, weights and optimiser state, bit for bit.
+pub fn assert_same_final_state(expected: &Path, got: &Path) {
+    let load = |dir: &Path| {
+        simclr::checkpoint::load(&simclr::checkpoint::last_path(dir), tch::Device::Cpu)
+            .expect("checkpoint loads")
+    };
+    let (a, b) = (load(expected), load(got));
+    assert_eq!(a.meta.step, b.meta.step);
+    for (name, t) in &a.model {
+        assert!(t.equal(&b.model[name]), "weight {name} differs");
+    }
+    for (name, t) in &a.optimizer {
+        assert!(
+            t.equal(&b.optimizer[name]),
+            "optimizer state {name} differs"
+        );
+    }
+}
