@@ -84,7 +84,7 @@ impl ObjectiveConfig {
 ///
 /// # Shapes
 /// -> `[2N]` i64.
-fn positives(views: i64, device: Device) -> Tensor {
+pub(crate) fn positives(views: i64, device: Device) -> Tensor {
     (Tensor::arange(views, (Kind::Int64, device)) + views / 2).remainder(views)
 }
 
@@ -172,8 +172,8 @@ impl Objective {
             Kind::Float
         };
         let z = Tensor::cat(&[z1, z2], 0).to_kind(kind); // [2N, D]
-        let scores = self.similarity.scores(&z, &z)?; // [2N, 2N]
-        let loss = loss::per_anchor(self.loss, &scores, self.temperature, self.margin).mean(kind);
+        let scores = self.similarity.within(&z)?; // [2N, 2N]
+        let loss = loss::mean(self.loss, &scores, self.temperature, self.margin);
         Ok(Contrastive {
             loss,
             scores: scores.detach(),

@@ -110,16 +110,35 @@ impl Similarity {
         }
     }
 
-    /// s(u_i, v_j) for every pair.
+    /// s(u_i, v_j) for every pair of two sets.
     ///
     /// # Shapes
     /// `u [M, D]`, `v [K, D]` -> `[M, K]`.
     pub fn scores(&self, u: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let (u, v) = if self.normalize {
-            (l2_normalize(u), l2_normalize(v))
+        self.pairs(&self.prepare(u), &self.prepare(v))
+    }
+
+    /// s(z_i, z_j) for every pair of rows of one set (training: the 2N views are both anchors
+    /// and candidates), normalising once.
+    ///
+    /// # Shapes
+    /// `z [M, D]` -> `[M, M]`.
+    pub fn within(&self, z: &Tensor) -> Result<Tensor> {
+        let z = self.prepare(z);
+        self.pairs(&z, &z)
+    }
+
+    /// The rows as the similarity sees them: L2-normalised or not.
+    fn prepare(&self, x: &Tensor) -> Tensor {
+        if self.normalize {
+            l2_normalize(x)
         } else {
-            (u.shallow_clone(), v.shallow_clone())
-        };
+            x.shallow_clone()
+        }
+    }
+
+    /// The score matrix of prepared rows.
+    fn pairs(&self, u: &Tensor, v: &Tensor) -> Result<Tensor> {
         Ok(match &self.form {
             Form::Dot => u.matmul(&v.tr()),
             Form::Bilinear { weight } => u.matmul(weight).matmul(&v.tr()),
