@@ -103,30 +103,31 @@ fn tiny_run_writes_every_artifact_and_a_faithful_encoder() {
         );
     }
 
-    // ...and through Python's torch.jit.load, with the same numbers.
+    // ...and through Python's torch.jit.load, with the same numbers, for batches of 1 and 7.
     let code = "import sys, json, torch\n\
                 m = torch.jit.load(sys.argv[1]).eval()\n\
-                n = 7 * 3 * 32 * 32\n\
-                x = torch.arange(n, dtype=torch.float32).view(7, 3, 32, 32) / n\n\
+                b = int(sys.argv[2])\n\
+                n = b * 3 * 32 * 32\n\
+                x = torch.arange(n, dtype=torch.float32).view(b, 3, 32, 32) / n\n\
                 with torch.no_grad():\n    print(json.dumps(m(x).flatten().tolist()))";
-    let printed = python_output(code, &[&dir.join("encoder.pt").to_string_lossy()]);
-    let python: Vec<f64> = serde_json::from_str(printed.trim()).expect("Python prints a JSON list");
-    let ours = Vec::<f64>::try_from(
-        rust_encoder_output(&dir.join("checkpoints/last.pt"), &ramp_input(7, 32))
-            .flatten(0, -1)
-            .to_kind(Kind::Double),
-    )
-    .expect("values");
-    assert_eq!(python.len(), ours.len());
-    let diff = python
-        .iter()
-        .zip(&ours)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    assert!(
-        diff < 1e-4,
-        "Python's torch.jit.load output differs by {diff}"
-    );
+    for batch in [1, 7] {
+        let encoder = dir.join("encoder.pt");
+        let printed = python_output(code, &[&encoder.to_string_lossy(), &batch.to_string()]);
+        let python: Vec<f64> =
+            serde_json::from_str(printed.trim()).expect("Python prints a JSON list");
+        let ours = rust_encoder_output(&dir.join("checkpoints/last.pt"), &ramp_input(batch, 32));
+        let ours = Vec::<f64>::try_from(ours.flatten(0, -1).to_kind(Kind::Double)).expect("values");
+        assert_eq!(python.len(), ours.len());
+        let diff = python
+            .iter()
+            .zip(&ours)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            diff < 1e-4,
+            "batch {batch}: Python's torch.jit.load output differs by {diff}"
+        );
+    }
 
     // `simclr export --head-layer 1`: the output of the head's first layer, equal to Rust's.
     let last = dir.join("checkpoints/last.pt");
