@@ -6,11 +6,8 @@
 //! GPU->CPU reads happen only at logging points and epoch ends (marked "sync point").
 use crate::checkpoint::{self, Checkpoint, Meta};
 use crate::config::{Config, Precision};
-use crate::data::preview;
-use crate::data::{
-    self,
-    loader::{LoaderConfig, TwoViewLoader},
-};
+use crate::data::loader::{LoaderConfig, TwoViewLoader};
+use crate::data::{self, preview, ImageSet};
 use crate::eval::knn;
 use crate::export;
 use crate::interrupt::StopRequest;
@@ -149,30 +146,7 @@ pub fn run(
         )
     };
     let knn_top1_before = if resume.is_none() {
-        // TensorBoard: the resolved configuration as text, and as the run's hyper-parameters
-        // whose results are the final kNN accuracy and loss.
-        let cfg_json = serde_json::to_value(cfg)?;
-        logger.summary(
-            tensorboard::text(
-                "config",
-                &format!("```json\n{}\n```", serde_json::to_string_pretty(&cfg_json)?),
-            ),
-            0,
-        );
-        for summary in tensorboard::hparams_start(
-            &tensorboard::flatten(&cfg_json),
-            &["eval/knn_top1", "train/loss"],
-        ) {
-            logger.summary(summary, 0);
-        }
-        let grid = preview::augmentation_grid(
-            &train_set,
-            &cfg.data.augment,
-            image_size,
-            cfg.run.seed,
-            PREVIEW_IMAGES,
-        );
-        logger.summary(tensorboard::image("augmentation", &grid)?, 0);
+        describe_run(&mut logger, cfg, &train_set)?;
         // The initial weights are kept too (epoch-0000.pt): the baseline of every evaluation.
         save_checkpoint(
             run_dir,
@@ -350,6 +324,30 @@ pub fn run(
         final_loss,
         seconds: started.elapsed().as_secs_f64(),
     }))
+}
+
+/// What a fresh run shows in TensorBoard before its first step: the resolved configuration as
+/// text and as the run's hyper-parameters (whose results are the final kNN accuracy and loss),
+/// and the augmentation preview.
+fn describe_run(logger: &mut MetricsLogger, cfg: &Config, train_set: &ImageSet) -> Result<()> {
+    let cfg_json = serde_json::to_value(cfg)?;
+    let markdown = format!("```json\n{}\n```", serde_json::to_string_pretty(&cfg_json)?);
+    logger.summary(tensorboard::text("config", &markdown), 0);
+    for summary in tensorboard::hparams_start(
+        &tensorboard::flatten(&cfg_json),
+        &["eval/knn_top1", "train/loss"],
+    ) {
+        logger.summary(summary, 0);
+    }
+    let grid = preview::augmentation_grid(
+        train_set,
+        &cfg.data.augment,
+        cfg.data.image_size,
+        cfg.run.seed,
+        PREVIEW_IMAGES,
+    );
+    logger.summary(tensorboard::image("augmentation", &grid)?, 0);
+    Ok(())
 }
 
 /// Creates the run directory and writes `config.json`; a fresh run refuses a directory that
