@@ -236,7 +236,7 @@ fn pretraining_improves_knn_accuracy() {
         "--out",
         &dir.to_string_lossy(),
         "--epochs",
-        "6",
+        "8",
         "--knn-every",
         "0",
         "--device",
@@ -247,7 +247,7 @@ fn pretraining_improves_knn_accuracy() {
     let before = summary["knn_top1_before"].as_f64().expect("kNN before");
     let after = summary["knn_top1"].as_f64().expect("kNN after");
     assert!(
-        after > before + 0.10,
+        after > before + 0.15,
         "kNN top-1 went from {before} to {after}"
     );
 }
