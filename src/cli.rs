@@ -2,6 +2,7 @@
 //! `--json` prints one JSON object as the last line of stdout; human text goes to stderr.
 use crate::checkpoint;
 use crate::config::{Config, DeviceChoice, Precision};
+use crate::data::loader::EvalTransform;
 use crate::data::DataSpec;
 use crate::eval::{features, finetune, knn, linear};
 use crate::export;
@@ -454,9 +455,9 @@ fn eval_knn(
     let splits = crate::data::load(&spec, cfg.run.seed)?;
     let top1 = knn::monitor(
         &model.encoder,
-        &splits.train,
-        &splits.test,
-        cfg.data.image_size,
+        splits.train.as_ref(),
+        splits.test.as_ref(),
+        EvalTransform::for_data(&spec, cfg.data.image_size),
         k,
         device,
     );
@@ -489,10 +490,12 @@ fn eval_linear(
         None => {
             let (_vs, model, _) = checkpoint::load_model(checkpoint_path, device)?;
             let splits = crate::data::load(&spec, ckpt_cfg.run.seed)?;
-            let train =
-                features::representations(&model.encoder, &splits.train, image_size, device, flip);
-            let test =
-                features::representations(&model.encoder, &splits.test, image_size, device, false);
+            let transform = EvalTransform::for_data(&spec, image_size);
+            let represent = |set: &dyn crate::data::Dataset, flip| {
+                features::representations(&model.encoder, set, transform, device, flip)
+            };
+            let train = represent(splits.train.as_ref(), flip);
+            let test = represent(splits.test.as_ref(), false);
             features::store_cached(&cache, &train, &test)?;
             (train, test, false)
         }
@@ -536,8 +539,8 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
     let spec = args.data.clone().unwrap_or(cfg.data.spec.clone());
     let splits = crate::data::load(&spec, cfg.run.seed)?;
     let indices = finetune::label_subset(
-        &splits.train.labels,
-        splits.train.num_classes,
+        &splits.train.labels(),
+        splits.train.num_classes(),
         args.label_fraction,
         args.seed,
     )?;
@@ -549,7 +552,7 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
     );
     let finetune_cfg = finetune::FinetuneConfig {
         head_layer: args.head_layer,
-        image_size: cfg.data.image_size,
+        transform: EvalTransform::for_data(&spec, cfg.data.image_size),
         epochs: args.epochs,
         batch_size: args.batch_size,
         seed: args.seed,
@@ -558,8 +561,8 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
     let result = finetune::finetune(
         &vs,
         &model,
-        &splits.train,
-        &splits.test,
+        splits.train.clone(),
+        splits.test.as_ref(),
         &indices,
         &finetune_cfg,
     )?;
@@ -604,8 +607,13 @@ fn augment_command(
         anyhow::bail!("--count must be >= 1 and --image-size >= 8, got {count} and {image_size}");
     }
     let splits = crate::data::load(spec, seed)?;
-    let grid =
-        crate::data::preview::augmentation_grid(&splits.train, &augment, image_size, seed, count);
+    let grid = crate::data::preview::augmentation_grid(
+        splits.pretraining()?.as_ref(),
+        &augment,
+        image_size,
+        seed,
+        count,
+    )?;
     grid.save(out)
         .with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
