@@ -67,6 +67,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Measure throughput (the figures of README's Performance section).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Export the encoder of a checkpoint (or the network up to a projection-head layer).
     Export {
         /// Checkpoint file (a run's checkpoints/last.pt or epoch-NNNN.pt).
@@ -86,6 +89,41 @@ enum Command {
         #[arg(long, conflicts_with = "head_layer")]
         with_head: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Images/s of the two-view training loader alone (read, decode, two augmented views,
+    /// u8 -> f32 NCHW); compare with scripts/bench/loader_torchvision.py (scripts/bench/loader.sh).
+    Loader(BenchLoaderArgs),
+}
+
+#[derive(Args)]
+struct BenchLoaderArgs {
+    /// Dataset whose pre-training images are loaded.
+    #[arg(long, default_value = "synthetic")]
+    data: DataSpec,
+    /// Loader threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Side of the views in pixels.
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Batches timed.
+    #[arg(long, default_value_t = 20)]
+    batches: usize,
+    /// Untimed batches first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Augmentation settings from this configuration file [default: the defaults].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -264,6 +302,10 @@ struct TrainArgs {
     /// Loader threads [default: 2].
     #[arg(long, group = "overrides")]
     workers: Option<usize>,
+    /// Share of training images that may be unreadable in one epoch (each is replaced and
+    /// counted) before the run stops [default: 0.01].
+    #[arg(long, group = "overrides")]
+    max_skipped_fraction: Option<f64>,
     /// kNN monitor every N epochs, 0 = only before and after training [default: 5].
     #[arg(long, group = "overrides")]
     knn_every: Option<usize>,
@@ -329,6 +371,10 @@ impl TrainArgs {
         }
         set(&mut cfg.run.seed, &self.seed);
         set(&mut cfg.data.workers, &self.workers);
+        set(
+            &mut cfg.data.max_skipped_fraction,
+            &self.max_skipped_fraction,
+        );
         set(&mut cfg.run.knn_every, &self.knn_every);
         set(&mut cfg.run.log_every, &self.log_every);
         set(&mut cfg.run.checkpoint_every, &self.checkpoint_every);
@@ -361,6 +407,7 @@ pub fn run() -> Result<ExitCode> {
             json,
         }) => eval_knn(&checkpoint, data, k, device, json).map(|_| done),
         Command::Finetune(args) => finetune_command(&args).map(|_| done),
+        Command::Bench(BenchCommand::Loader(args)) => bench_loader(&args).map(|_| done),
         Command::Augment {
             data,
             out,
@@ -586,6 +633,39 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
             "{}",
             json!({"checkpoint": args.checkpoint, "data": spec.to_string(), "label_fraction": args.label_fraction, "labelled_images": result.labelled_images, "epochs": result.epochs, "top1": result.top1, "top5": result.top5})
         );
+    }
+    Ok(())
+}
+
+fn bench_loader(args: &BenchLoaderArgs) -> Result<()> {
+    let augment = match &args.config {
+        Some(path) => Config::from_file(path)?.data.augment,
+        None => Default::default(),
+    };
+    let bench = crate::bench::loader::LoaderBench {
+        data: args.data.clone(),
+        workers: args.workers,
+        batch_size: args.batch_size,
+        image_size: args.image_size,
+        batches: args.batches,
+        warmup: args.warmup,
+        prefetch: 4,
+        augment,
+    };
+    let report = crate::bench::loader::run(&bench)?;
+    eprintln!(
+        "loader on {}: {:.0} images/s ({} workers, batch {}, {} px, {} batches in {:.2}s), peak RSS {:.0} MiB",
+        report.data,
+        report.images_per_sec,
+        report.workers,
+        report.batch_size,
+        report.image_size,
+        report.batches,
+        report.seconds,
+        report.peak_rss_mib.unwrap_or(f64::NAN)
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
 }

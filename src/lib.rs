@@ -6,6 +6,7 @@
 //! the loop of [`train`], reported by [`logging`] (with [`tensorboard`] summaries and a
 //! [`projector`] export), saved by [`checkpoint`], watched by [`eval`], shipped by [`export`].
 //! The binary's command line is [`cli`]; [`shim`] wraps the small C++ shim over libtorch.
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
