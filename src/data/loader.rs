@@ -381,14 +381,17 @@ impl Drop for EpochIter {
 }
 
 /// u8 NHWC on the host -> f32 NCHW in [0, 1] on `device`, converted there (the upload is
-/// asynchronous from pinned memory).
+/// asynchronous from pinned memory) into one new tensor: the layout change and the
+/// conversion are one copy, the scaling is in place.
 fn to_device_nchw(pixels: &Tensor, device: Device) -> Tensor {
-    pixels
-        .to_device_(device, Kind::Uint8, true, false)
-        .permute([0, 3, 1, 2])
-        .contiguous()
-        .to_kind(Kind::Float)
-        / 255.0
+    let on_device = pixels.to_device_(device, Kind::Uint8, true, false);
+    let [n, h, w, c] = on_device.size()[..] else {
+        unreachable!("batches are built as [n, h, w, 3]")
+    };
+    let mut out = Tensor::empty([n, c, h, w], (Kind::Float, device));
+    out.copy_(&on_device.permute([0, 3, 1, 2]));
+    let _ = out.g_div_scalar_(255.0);
+    out
 }
 
 /// The evaluation transform of one image into `out` (`size * size * 3` bytes): the centred
