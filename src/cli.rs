@@ -315,6 +315,10 @@ struct TrainArgs {
     /// Also write last.pt every N steps inside epochs, 0 = only at epoch ends [default: 0].
     #[arg(long, group = "overrides")]
     ckpt_every_steps: Option<usize>,
+    /// Keep only the newest K periodic epoch-NNNN.pt copies, 0 = all; epoch-0000.pt (the
+    /// initial weights) is always kept [default: 0].
+    #[arg(long, group = "overrides")]
+    keep_last: Option<usize>,
     /// Log scalars every N steps [default: 10].
     #[arg(long, group = "overrides")]
     log_every: Option<usize>,
@@ -379,6 +383,7 @@ impl TrainArgs {
         set(&mut cfg.run.log_every, &self.log_every);
         set(&mut cfg.run.checkpoint_every, &self.checkpoint_every);
         set(&mut cfg.run.checkpoint_every_steps, &self.ckpt_every_steps);
+        set(&mut cfg.run.keep_last, &self.keep_last);
         set(&mut cfg.run.device, &self.device);
         set(&mut cfg.run.precision, &self.precision);
         cfg

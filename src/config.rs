@@ -97,6 +97,9 @@ pub struct RunConfig {
     /// Also write `last.pt` every this many steps inside epochs (0: only at epoch ends), so a
     /// killed run loses at most this many steps.
     pub checkpoint_every_steps: usize,
+    /// Keep only the newest this many periodic copies `epoch-NNNN.pt` (0: all); the initial
+    /// weights `epoch-0000.pt` are always kept.
+    pub keep_last: usize,
     pub device: DeviceChoice,
     pub precision: Precision,
 }
@@ -112,6 +115,7 @@ impl Default for RunConfig {
             log_every: 10,
             checkpoint_every: 5,
             checkpoint_every_steps: 0,
+            keep_last: 0,
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
         }

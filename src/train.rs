@@ -371,7 +371,7 @@ fn prepare_run_dir(cfg: &Config, run_dir: &Path, resuming: bool) -> Result<()> {
 }
 
 /// Writes `checkpoints/last.pt`, and keeps a copy `epoch-NNNN.pt` every `every` epochs (of an
-/// epoch-end checkpoint).
+/// epoch-end checkpoint), the newest `run.keep_last` of them.
 fn save_checkpoint(
     run_dir: &Path,
     vs: &VarStore,
@@ -383,9 +383,7 @@ fn save_checkpoint(
     let (optim_state, _) = optimizer.state();
     checkpoint::save(&last, &vs.variables(), &optim_state, &meta)?;
     if every > 0 && meta.epoch % every as u64 == 0 {
-        let periodic = last.with_file_name(format!("epoch-{:04}.pt", meta.epoch));
-        std::fs::copy(&last, &periodic)
-            .with_context(|| format!("writing {}", periodic.display()))?;
+        checkpoint::keep_periodic(&last, meta.epoch, meta.config.run.keep_last)?;
     }
     Ok(())
 }
