@@ -138,7 +138,10 @@ fn periodic_path(last: &Path, epoch: u64) -> PathBuf {
 /// The epoch of a periodic copy's file name (`epoch-NNNN.pt`).
 fn periodic_epoch(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
-    name.strip_prefix("epoch-")?.strip_suffix(".pt")?.parse().ok()
+    name.strip_prefix("epoch-")?
+        .strip_suffix(".pt")?
+        .parse()
+        .ok()
 }
 
 /// The periodic copies beside `last`, oldest first.
@@ -327,7 +330,11 @@ mod tests {
         assert_eq!(std::fs::read_to_string(periodic_path(&last, 3))?, "state 3");
         assert!(!dir.path().join("epoch-0004.pt.tmp").exists());
         keep_periodic(&last, 5, 0)?;
-        assert_eq!(periodic_copies(&last).len(), 4, "keep_last 0 keeps every copy");
+        assert_eq!(
+            periodic_copies(&last).len(),
+            4,
+            "keep_last 0 keeps every copy"
+        );
         Ok(())
     }
 

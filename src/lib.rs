@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod event_file;
 pub mod export;
 pub mod interrupt;
 pub mod logging;

@@ -310,7 +310,7 @@ pub fn run(
         PROJECTOR_IMAGES,
         device,
     )?;
-    logger.summary(tensorboard::hparams_end(), step);
+    logger.summary(tensorboard::hparams_end(), step)?;
 
     // ---- export the encoder f
     let encoder = run_dir.join("encoder.pt");
@@ -339,12 +339,12 @@ pub fn run(
 fn describe_run(logger: &mut MetricsLogger, cfg: &Config, train_set: &dyn Dataset) -> Result<()> {
     let cfg_json = serde_json::to_value(cfg)?;
     let markdown = format!("```json\n{}\n```", serde_json::to_string_pretty(&cfg_json)?);
-    logger.summary(tensorboard::text("config", &markdown), 0);
+    logger.summary(tensorboard::text("config", &markdown), 0)?;
     for summary in tensorboard::hparams_start(
         &tensorboard::flatten(&cfg_json),
         &["eval/knn_top1", "train/loss"],
     ) {
-        logger.summary(summary, 0);
+        logger.summary(summary, 0)?;
     }
     let grid = preview::augmentation_grid(
         train_set,
@@ -353,7 +353,7 @@ fn describe_run(logger: &mut MetricsLogger, cfg: &Config, train_set: &dyn Datase
         cfg.run.seed,
         PREVIEW_IMAGES,
     )?;
-    logger.summary(tensorboard::image("augmentation", &grid)?, 0);
+    logger.summary(tensorboard::image("augmentation", &grid)?, 0)?;
     Ok(())
 }
 
