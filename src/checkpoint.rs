@@ -102,18 +102,29 @@ pub fn save(
         CHECKSUM.to_string(),
         Tensor::from_slice(&[i64::from(checksum(&named)?)]),
     ));
+    write_tensors_atomically(&named, path)
+}
+
+/// Writes `named` tensors as a libtorch archive at `path` atomically: serialised in memory
+/// (libtorch's file writer aborts the process when a write fails in its destructor, e.g. on
+/// a full disk), written to a temporary file beside `path`, synced, renamed over `path`. On
+/// failure the temporary file is removed and `path` is untouched.
+pub fn write_tensors_atomically(named: &[(String, Tensor)], path: &Path) -> Result<()> {
     let dir = path
         .parent()
         .context("checkpoint path has no parent directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let buffer = SharedBuffer::default();
+    Tensor::save_multi_to_stream(named, buffer.clone())
+        .with_context(|| format!("serialising {}", path.display()))?;
+    let bytes = std::mem::take(&mut *buffer.0.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let tmp = path.with_extension("pt.tmp");
-    let written = Tensor::save_multi(&named, &tmp)
-        .with_context(|| format!("writing checkpoint {}", tmp.display()))
-        .and_then(|()| {
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .with_context(|| format!("syncing checkpoint {}", tmp.display()))
-        });
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()
+        })
+        .with_context(|| format!("writing {}", tmp.display()));
     if let Err(err) = written {
         // A full disk: free the space the partial file holds; the previous file is untouched.
         let _ = std::fs::remove_file(&tmp);
@@ -123,6 +134,25 @@ pub fn save(
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     sync_dir(dir);
     Ok(())
+}
+
+/// An in-memory `Write` target that outlives the `'static` stream tch takes ownership of.
+#[derive(Clone, Default)]
+struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut buffer = self
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("checkpoint buffer poisoned"))?;
+        buffer.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Makes renames and removals in `dir` durable (best effort: some filesystems refuse).

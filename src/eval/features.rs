@@ -92,18 +92,15 @@ pub fn load_cached(path: &Path, device: Device) -> Option<(Split, Split)> {
 
 /// Writes (train, test) features to the cache (atomically: a temporary file renamed).
 pub fn store_cached(path: &Path, train: &Split, test: &Split) -> Result<()> {
-    let dir = path.parent().context("cache path has a parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("pt.tmp");
     let named = [
         ("train.features", &train.features),
         ("train.labels", &train.labels),
         ("test.features", &test.features),
         ("test.labels", &test.labels),
-    ];
-    Tensor::save_multi(&named, &tmp)
-        .with_context(|| format!("writing feature cache {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+    ]
+    .map(|(name, t)| (name.to_string(), t.shallow_clone()));
+    crate::checkpoint::write_tensors_atomically(&named, path)
+        .with_context(|| format!("writing feature cache {}", path.display()))
 }
 
 #[cfg(test)]
