@@ -202,14 +202,17 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        serde_json::from_str(&text).map_err(|err| {
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses a JSON configuration read from `origin` (named in errors); absent keys take
+    /// their defaults, unknown keys are refused with the nearest valid name suggested.
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        serde_json::from_str(text).map_err(|err| {
             let hint = suggestion(&err.to_string())
                 .map(|name| format!(" (did you mean `{name}`?)"))
                 .unwrap_or_default();
-            anyhow::anyhow!(
-                "config {} is not a valid configuration: {err}{hint}",
-                path.display()
-            )
+            anyhow::anyhow!("config {origin} is not a valid configuration: {err}{hint}")
         })
     }
 
