@@ -218,8 +218,10 @@ struct TrainArgs {
     /// JSON configuration file (absent keys take the defaults).
     #[arg(long, group = "overrides")]
     config: Option<PathBuf>,
-    /// Continue the run in this directory from its last checkpoint, with its saved config.
-    #[arg(long, conflicts_with_all = ["out", "overrides"])]
+    /// Continue the run in this directory from its last checkpoint, with its saved config;
+    /// flags may change only its length, monitoring, checkpointing and hardware (e.g.
+    /// --epochs to train longer).
+    #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
     /// Run directory [default: runs/<date>-<time>].
     #[arg(long)]
@@ -459,7 +461,15 @@ fn train_command(args: &TrainArgs) -> Result<ExitCode> {
         Some(dir) => {
             let ckpt = checkpoint::load_latest(dir, tch::Device::Cpu)
                 .with_context(|| format!("resuming {}", dir.display()))?;
-            (ckpt.meta.config.clone(), dir.clone(), Some(ckpt))
+            let saved = &ckpt.meta.config;
+            let base = match &args.config {
+                Some(path) => Config::from_file(path)?,
+                None => saved.clone(),
+            };
+            let cfg = args.apply(base);
+            cfg.check_resumable_from(saved)
+                .with_context(|| format!("--resume {}", dir.display()))?;
+            (cfg, dir.clone(), Some(ckpt))
         }
         None => {
             let base = match &args.config {

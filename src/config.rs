@@ -197,6 +197,52 @@ pub enum Precision {
     Bf16,
 }
 
+/// Settings a resumed run may change: its length, monitoring, checkpointing and hardware.
+/// Changing `run.epochs` re-plans the cosine schedule from the current step on.
+pub const RESUMABLE_CHANGES: &[&str] = &[
+    "run.epochs",
+    "run.knn_every",
+    "run.knn_k",
+    "run.log_every",
+    "run.checkpoint_every",
+    "run.checkpoint_every_steps",
+    "run.keep_last",
+    "run.device",
+    "run.precision",
+    "data.workers",
+    "data.prefetch",
+    "data.max_test_images",
+    "data.max_skipped_fraction",
+];
+
+/// Every leaf of a JSON object by its dotted path (`run.epochs`), nulls and arrays included.
+pub fn leaves(json: &serde_json::Value) -> std::collections::BTreeMap<String, serde_json::Value> {
+    fn walk(
+        prefix: &str,
+        json: &serde_json::Value,
+        out: &mut std::collections::BTreeMap<String, serde_json::Value>,
+    ) {
+        match json.as_object() {
+            Some(map) => {
+                for (key, value) in map {
+                    let name = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&name, value, out);
+                }
+            }
+            None => {
+                out.insert(prefix.to_string(), json.clone());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk("", json, &mut out);
+    out
+}
+
 impl Config {
     /// Reads a JSON configuration; absent keys take their defaults, unknown keys are refused.
     pub fn from_file(path: &Path) -> Result<Config> {
@@ -214,6 +260,33 @@ impl Config {
                 .unwrap_or_default();
             anyhow::anyhow!("config {origin} is not a valid configuration: {err}{hint}")
         })
+    }
+
+    /// Refuses to continue a run saved with `saved` under this configuration when a setting
+    /// that defines the run differs (architecture, objective, data, batch, seed, ...): one
+    /// line listing each such field with both values. Only [`RESUMABLE_CHANGES`] may differ.
+    pub fn check_resumable_from(&self, saved: &Config) -> Result<()> {
+        let (now, then) = (
+            leaves(&serde_json::to_value(self)?),
+            leaves(&serde_json::to_value(saved)?),
+        );
+        let conflicts: Vec<String> = now
+            .iter()
+            .filter(|(key, value)| {
+                then.get(*key) != Some(value) && !RESUMABLE_CHANGES.contains(&key.as_str())
+            })
+            .map(|(key, value)| {
+                let saved = then.get(key).map_or("absent".into(), |v| v.to_string());
+                format!("{key} {value} (the run has {saved})")
+            })
+            .collect();
+        if !conflicts.is_empty() {
+            bail!(
+                "cannot resume with a different {}: these settings are fixed for a run (start a new one with --out)",
+                conflicts.join(", ")
+            );
+        }
+        Ok(())
     }
 
     /// Rejects values that cannot train, naming the field and the value.

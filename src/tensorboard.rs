@@ -64,27 +64,10 @@ pub fn text(tag: &str, markdown: &str) -> Summary {
 
 /// Scalar leaves of a JSON object, flattened to `a.b.c` names (arrays and nulls skipped).
 pub fn flatten(json: &Json) -> Vec<(String, Json)> {
-    fn walk(prefix: &str, json: &Json, out: &mut Vec<(String, Json)>) {
-        match json {
-            Json::Object(map) => {
-                for (key, value) in map {
-                    let name = if prefix.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{prefix}.{key}")
-                    };
-                    walk(&name, value, out);
-                }
-            }
-            Json::Bool(_) | Json::Number(_) | Json::String(_) => {
-                out.push((prefix.to_string(), json.clone()))
-            }
-            Json::Null | Json::Array(_) => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk("", json, &mut out);
-    out
+    crate::config::leaves(json)
+        .into_iter()
+        .filter(|(_, v)| v.is_boolean() || v.is_number() || v.is_string())
+        .collect()
 }
 
 fn hparams_summary(tag: &str, data: HParamsPluginData) -> Summary {

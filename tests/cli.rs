@@ -79,3 +79,45 @@ fn bad_input_gets_one_clear_line() {
         );
     }
 }
+
+/// `--resume` takes flags that change a run's length or hardware, and refuses, in one line
+/// naming each field, those that would make it another run.
+#[test]
+fn resume_accepts_a_longer_run_and_refuses_a_different_one() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("run");
+    let args = common::tiny_run(&dir, 1);
+    run_ok(&common::as_strs(&args));
+    let dir = dir.to_string_lossy();
+
+    let out = run(&[
+        "train",
+        "--resume",
+        &dir,
+        "--arch",
+        "resnet34",
+        "--temperature",
+        "0.2",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a different architecture was resumed"
+    );
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error"))
+        .unwrap_or("");
+    assert!(
+        error.contains("model.arch \"resnet34\" (the run has \"resnet18\")")
+            && error.contains("objective.temperature 0.2 (the run has 0.5)"),
+        "{stderr}"
+    );
+
+    let out = run_ok(&["train", "--resume", &dir, "--epochs", "2", "--json"]);
+    let summary = last_json(&out);
+    assert_eq!(
+        (summary["epochs"].as_u64(), summary["steps"].as_u64()),
+        (Some(2), Some(6))
+    );
+}
