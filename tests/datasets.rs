@@ -141,6 +141,13 @@ if bad:
     full = open(f"{d}/0.jpg", "rb").read()
     open(f"{d}/truncated.jpg", "wb").write(full[: len(full) // 3])
     open(f"{d}/notes.txt", "w").write("not an image, ignored")
+    # A decompression bomb: a valid PNG whose header claims 100000 x 100000 pixels.
+    import struct, zlib
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+    open(f"{d}/bomb.png", "wb").write(bomb)
 "#;
     python_output(
         code,
@@ -154,7 +161,7 @@ fn an_image_folder_of_mixed_modes_trains_and_unreadable_files_are_skipped_and_co
     let root = tmp.path().join("images");
     image_folder(&root, true);
     let spec = format!("folder:{}", root.display());
-    // 22 train files, 2 unreadable: 9% of the set.
+    // 23 train files, 3 unreadable (empty, truncated, a decompression bomb): 13% of the set.
     let out = train(
         &tmp.path().join("run"),
         &spec,
@@ -168,6 +175,8 @@ fn an_image_folder_of_mixed_modes_trains_and_unreadable_files_are_skipped_and_co
     assert!(skipped >= 1.0, "no skipped image logged");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("skipping an unreadable image"), "{stderr}");
+    assert!(stderr.contains("bomb.png") && stderr.contains("above the limit"), "{stderr}");
+    assert!(stderr.contains("empty.jpg") && stderr.contains("empty file"), "{stderr}");
 
     // With the default limit (1%) the same data stops the run with one line.
     let out = train(&tmp.path().join("run-strict"), &spec, &[]);
