@@ -317,6 +317,10 @@ struct TrainArgs {
     /// Also write last.pt every N steps inside epochs, 0 = only at epoch ends [default: 0].
     #[arg(long, group = "overrides")]
     ckpt_every_steps: Option<usize>,
+    /// Skip the update of a step whose loss is NaN/Inf (counted as train/skipped_steps) instead
+    /// of stopping the run; reads the loss back every step [default: false].
+    #[arg(long, group = "overrides")]
+    skip_nonfinite: bool,
     /// Keep only the newest K periodic epoch-NNNN.pt copies, 0 = all; epoch-0000.pt (the
     /// initial weights) is always kept [default: 0].
     #[arg(long, group = "overrides")]
@@ -386,6 +390,7 @@ impl TrainArgs {
         set(&mut cfg.run.checkpoint_every, &self.checkpoint_every);
         set(&mut cfg.run.checkpoint_every_steps, &self.ckpt_every_steps);
         set(&mut cfg.run.keep_last, &self.keep_last);
+        cfg.run.skip_nonfinite |= self.skip_nonfinite;
         set(&mut cfg.run.device, &self.device);
         set(&mut cfg.run.precision, &self.precision);
         cfg

@@ -97,6 +97,9 @@ pub struct RunConfig {
     /// Also write `last.pt` every this many steps inside epochs (0: only at epoch ends), so a
     /// killed run loses at most this many steps.
     pub checkpoint_every_steps: usize,
+    /// Skip the update of a step whose loss is NaN or infinite (counted as
+    /// `train/skipped_steps`) instead of stopping the run; reads the loss back every step.
+    pub skip_nonfinite: bool,
     /// Keep only the newest this many periodic copies `epoch-NNNN.pt` (0: all); the initial
     /// weights `epoch-0000.pt` are always kept.
     pub keep_last: usize,
@@ -115,6 +118,7 @@ impl Default for RunConfig {
             log_every: 10,
             checkpoint_every: 5,
             checkpoint_every_steps: 0,
+            skip_nonfinite: false,
             keep_last: 0,
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
@@ -207,6 +211,7 @@ pub const RESUMABLE_CHANGES: &[&str] = &[
     "run.checkpoint_every",
     "run.checkpoint_every_steps",
     "run.keep_last",
+    "run.skip_nonfinite",
     "run.device",
     "run.precision",
     "data.workers",

@@ -167,6 +167,7 @@ pub fn run(
     };
 
     let (mut final_loss, mut last_knn, mut skipped_images) = (None, None, 0usize);
+    let mut skipped_steps = 0u64;
     for epoch in start_epoch..cfg.run.epochs as u64 {
         let bar = epoch_bar(epoch, cfg.run.epochs as u64, steps_per_epoch);
         let epoch_start = Instant::now();
@@ -174,7 +175,7 @@ pub fn run(
         let (mut window_start, mut window_steps, mut data_wait) = (Instant::now(), 0u64, 0.0f64);
         let first_batch = if epoch == start_epoch { start_batch } else { 0 };
         bar.set_position(first_batch as u64);
-        let mut epoch_steps = 0u64;
+        let mut epoch_updates = 0u64;
         let mut batches = loader.epoch(epoch, first_batch);
         loop {
             let wait_start = Instant::now();
@@ -192,22 +193,32 @@ pub fn run(
             let z = z.chunk(2, 0); // 2 x [N, proj_dim]
             let out = objective.forward(&z[0], &z[1])?;
 
-            // ---- backward and update
-            optimizer.zero_grad();
-            out.loss.backward();
-            optimizer.step(lr);
+            // ---- backward and update; with --skip-nonfinite a NaN/Inf loss skips the update
+            // instead (read back every step then: a sync point)
+            let skip = cfg.run.skip_nonfinite && !out.loss.double_value(&[]).is_finite();
+            if skip {
+                skipped_steps += 1;
+                eprintln!(
+                    "warning: non-finite loss at step {}: update skipped ({skipped_steps} so far)",
+                    step + 1
+                );
+            } else {
+                optimizer.zero_grad();
+                out.loss.backward();
+                optimizer.step(lr);
+                loss_sum += out.loss.detach();
+                epoch_updates += 1;
+            }
             step += 1;
-            epoch_steps += 1;
             window_steps += 1;
-            loss_sum += out.loss.detach();
             bar.inc(1);
 
             // ---- logging (sync point: reads the loss and the contrastive metrics back)
             if step % cfg.run.log_every as u64 == 0 {
                 let loss = out.loss.double_value(&[]);
                 let contrast = out.metrics();
-                if !loss.is_finite() {
-                    bail!("loss became {loss} at step {step}: lower optim.lr or check the data");
+                if !loss.is_finite() && !skip {
+                    bail!("loss became {loss} at step {step}: stopped, the last good checkpoint is kept (lower optim.lr, check the data, or --skip-nonfinite)");
                 }
                 let elapsed = window_start.elapsed().as_secs_f64();
                 let images_per_sec = (window_steps * global_batch as u64) as f64 / elapsed;
@@ -228,6 +239,7 @@ pub fn run(
                             1000.0 * data_wait / window_steps as f64,
                         ),
                         ("data/skipped_images", skipped_images as f64),
+                        ("train/skipped_steps", skipped_steps as f64),
                     ],
                 )?;
                 bar.set_message(format!(
@@ -240,7 +252,8 @@ pub fn run(
             let signal = stop.signal();
             let every = cfg.run.checkpoint_every_steps as u64;
             if signal.is_some() || (every > 0 && step % every == 0 && step % steps_per_epoch != 0) {
-                let mean_loss = loss_sum.double_value(&[]) / epoch_steps as f64;
+                // (a sum over no update is 0: nothing to check, the weights are unchanged)
+                let mean_loss = loss_sum.double_value(&[]) / epoch_updates.max(1) as f64;
                 if !mean_loss.is_finite() {
                     bail!("loss became {mean_loss} in epoch {}: stopped, the last good checkpoint is kept", epoch + 1);
                 }
@@ -271,7 +284,10 @@ pub fn run(
 
         // ---- epoch end: checkpoint, kNN monitor, summary (sync point)
         let epochs_done = epoch + 1;
-        let mean_loss = loss_sum.double_value(&[]) / epoch_steps.max(1) as f64;
+        if epoch_updates == 0 {
+            bail!("every step of epoch {epochs_done} had a non-finite loss ({skipped_steps} skipped): stopped, the last good checkpoint is kept");
+        }
+        let mean_loss = loss_sum.double_value(&[]) / epoch_updates as f64;
         if !mean_loss.is_finite() {
             bail!("loss became {mean_loss} in epoch {epochs_done}: stopped, the last good checkpoint is kept");
         }

@@ -175,8 +175,14 @@ fn an_image_folder_of_mixed_modes_trains_and_unreadable_files_are_skipped_and_co
     assert!(skipped >= 1.0, "no skipped image logged");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("skipping an unreadable image"), "{stderr}");
-    assert!(stderr.contains("bomb.png") && stderr.contains("above the limit"), "{stderr}");
-    assert!(stderr.contains("empty.jpg") && stderr.contains("empty file"), "{stderr}");
+    assert!(
+        stderr.contains("bomb.png") && stderr.contains("above the limit"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("empty.jpg") && stderr.contains("empty file"),
+        "{stderr}"
+    );
 
     // With the default limit (1%) the same data stops the run with one line.
     let out = train(&tmp.path().join("run-strict"), &spec, &[]);
