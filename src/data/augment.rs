@@ -341,8 +341,8 @@ pub fn augment_view(
 
 /// The evaluation transform, without randomness: the shorter side of `src` (`h * w * 3`
 /// bytes) resized to `out_size / crop_fraction` (rounded down), then the centre
-/// `out_size x out_size` crop into `out` (torchvision's `Resize(int(out_size / crop_fraction))`
-/// + `CenterCrop(out_size)`, the ImageNet protocol's 256 -> 224 at `crop_fraction` 0.875).
+/// `out_size x out_size` crop into `out`: torchvision's `Resize(int(out_size / crop_fraction))`
+/// then `CenterCrop(out_size)`, the ImageNet protocol's 256 -> 224 at `crop_fraction` 0.875.
 /// Only the kept pixels are computed. `crop_fraction` 1.0 keeps the whole shorter side, for
 /// images whose content reaches the border (the synthetic shapes); a square image then gets
 /// exactly a whole-image resize, and the identity at its own size.

@@ -264,7 +264,7 @@ pub fn resized_crop_into(
 /// Written without `round`, a libm call per value on baseline x86-64, so the loop vectorises.
 pub fn to_u8(img: &[f32], out: &mut [u8]) {
     out.iter_mut().zip(img).for_each(|(o, &v)| {
-        let v = v.max(0.0).min(255.0); // NaN -> 0
+        let v = v.clamp(0.0, 255.0); // NaN stays NaN and truncates to 0
         let whole = v as i32; // truncates; v >= 0
         *o = (whole + i32::from(v - whole as f32 >= 0.5)) as u8;
     });
