@@ -102,20 +102,123 @@ pub fn save(
         CHECKSUM.to_string(),
         Tensor::from_slice(&[i64::from(checksum(&named)?)]),
     ));
+    write_tensors_atomically(&named, path)
+}
+
+/// Writes `named` tensors as a libtorch archive at `path` atomically: serialised in memory
+/// (libtorch's file writer aborts the process when a write fails in its destructor, e.g. on
+/// a full disk), written to a temporary file beside `path`, synced, renamed over `path`. On
+/// failure the temporary file is removed and `path` is untouched.
+pub fn write_tensors_atomically(named: &[(String, Tensor)], path: &Path) -> Result<()> {
     let dir = path
         .parent()
         .context("checkpoint path has no parent directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let buffer = SharedBuffer::default();
+    Tensor::save_multi_to_stream(named, buffer.clone())
+        .with_context(|| format!("serialising {}", path.display()))?;
+    let bytes = std::mem::take(&mut *buffer.0.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     let tmp = path.with_extension("pt.tmp");
-    Tensor::save_multi(&named, &tmp)
-        .with_context(|| format!("writing checkpoint {}", tmp.display()))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("syncing checkpoint {}", tmp.display()))?;
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()
+        })
+        .with_context(|| format!("writing {}", tmp.display()));
+    if let Err(err) = written {
+        // A full disk: free the space the partial file holds; the previous file is untouched.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err.context(format!("{} is unchanged", path.display())));
+    }
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    // Make the rename itself durable.
+    sync_dir(dir);
+    Ok(())
+}
+
+/// An in-memory `Write` target that outlives the `'static` stream tch takes ownership of.
+#[derive(Clone, Default)]
+struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut buffer = self
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("checkpoint buffer poisoned"))?;
+        buffer.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Makes renames and removals in `dir` durable (best effort: some filesystems refuse).
+fn sync_dir(dir: &Path) {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+}
+
+/// The periodic copy of the checkpoints of `epoch` beside `last`.
+fn periodic_path(last: &Path, epoch: u64) -> PathBuf {
+    last.with_file_name(format!("epoch-{epoch:04}.pt"))
+}
+
+/// The epoch of a periodic copy's file name (`epoch-NNNN.pt`).
+fn periodic_epoch(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_prefix("epoch-")?
+        .strip_suffix(".pt")?
+        .parse()
+        .ok()
+}
+
+/// The periodic copies beside `last`, oldest first.
+fn periodic_copies(last: &Path) -> Vec<(u64, PathBuf)> {
+    let Some(dir) = last.parent() else {
+        return Vec::new();
+    };
+    let mut copies: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_else(|_| Vec::new())
+        .into_iter()
+        .filter_map(|p: PathBuf| Some((periodic_epoch(&p)?, p)))
+        .collect();
+    copies.sort();
+    copies
+}
+
+/// Keeps `last` (just written, after `epoch` epochs) as the periodic copy `epoch-NNNN.pt`, then
+/// removes all but the newest `keep_last` copies (0: keep all); `epoch-0000.pt`, the random
+/// initialisation every evaluation compares against, is always kept. The copy is a hard link
+/// made under a temporary name and renamed (atomic, and no extra disk space); where links are
+/// not supported it is a copy, also renamed into place. Links are safe because [`save`] never
+/// writes into `last`: it renames a new file over it.
+pub fn keep_periodic(last: &Path, epoch: u64, keep_last: usize) -> Result<()> {
+    let periodic = periodic_path(last, epoch);
+    let tmp = periodic.with_extension("pt.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let linked = std::fs::hard_link(last, &tmp).or_else(|_| std::fs::copy(last, &tmp).map(|_| ()));
+    if let Err(err) = linked {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err).with_context(|| format!("writing {}", periodic.display()));
+    }
+    std::fs::rename(&tmp, &periodic)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), periodic.display()))?;
+    if keep_last > 0 {
+        let copies: Vec<PathBuf> = periodic_copies(last)
+            .into_iter()
+            .filter(|&(e, _)| e > 0)
+            .map(|(_, p)| p)
+            .collect();
+        for old in &copies[..copies.len().saturating_sub(keep_last)] {
+            std::fs::remove_file(old).with_context(|| format!("removing {}", old.display()))?;
+        }
+    }
+    if let Some(dir) = last.parent() {
+        sync_dir(dir);
+    }
     Ok(())
 }
 
@@ -183,15 +286,7 @@ pub fn load(path: &Path, device: Device) -> Result<Checkpoint> {
 /// from the newest down, each failure reported on stderr.
 pub fn load_latest(run_dir: &Path, device: Device) -> Result<Checkpoint> {
     let last = last_path(run_dir);
-    let mut periodic: Vec<PathBuf> = std::fs::read_dir(last.parent().context("checkpoint dir")?)
-        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    periodic.retain(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("epoch-") && n.ends_with(".pt"))
-    });
-    periodic.sort();
+    let periodic: Vec<PathBuf> = periodic_copies(&last).into_iter().map(|(_, p)| p).collect();
     for path in std::iter::once(last.clone()).chain(periodic.into_iter().rev()) {
         match load(&path, device) {
             Ok(ckpt) => return Ok(ckpt),
@@ -249,6 +344,29 @@ pub fn run_dir_of(checkpoint: &Path) -> Option<&Path> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periodic_copies_are_links_and_only_the_newest_k_are_kept() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let last = dir.path().join("last.pt");
+        for epoch in 0..5u64 {
+            // As `save` does: a new file renamed over `last`, so older links keep their state.
+            std::fs::write(dir.path().join("new"), format!("state {epoch}"))?;
+            std::fs::rename(dir.path().join("new"), &last)?;
+            keep_periodic(&last, epoch, 2)?;
+        }
+        let names: Vec<u64> = periodic_copies(&last).iter().map(|(e, _)| *e).collect();
+        assert_eq!(names, [0, 3, 4], "the initial weights and the newest two");
+        assert_eq!(std::fs::read_to_string(periodic_path(&last, 3))?, "state 3");
+        assert!(!dir.path().join("epoch-0004.pt.tmp").exists());
+        keep_periodic(&last, 5, 0)?;
+        assert_eq!(
+            periodic_copies(&last).len(),
+            4,
+            "keep_last 0 keeps every copy"
+        );
+        Ok(())
+    }
 
     #[test]
     fn save_then_load_round_trips() -> Result<()> {

@@ -3,6 +3,7 @@
 use crate::checkpoint;
 use crate::config::{Config, DeviceChoice, Precision};
 use crate::data::augment::AugmentConfig;
+use crate::data::loader::EvalTransform;
 use crate::data::resize::ResizeFilter;
 use crate::data::DataSpec;
 use crate::eval::{features, finetune, knn, linear};
@@ -70,6 +71,9 @@ enum Command {
         #[command(flatten)]
         augment: AugmentArgs,
     },
+    /// Measure throughput (the figures of README's Performance section).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Export the encoder of a checkpoint (or the network up to a projection-head layer).
     Export {
         /// Checkpoint file (a run's checkpoints/last.pt or epoch-NNNN.pt).
@@ -89,6 +93,41 @@ enum Command {
         #[arg(long, conflicts_with = "head_layer")]
         with_head: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Images/s of the two-view training loader alone (read, decode, two augmented views,
+    /// u8 -> f32 NCHW); compare with scripts/bench/loader_torchvision.py (scripts/bench/loader.sh).
+    Loader(BenchLoaderArgs),
+}
+
+#[derive(Args)]
+struct BenchLoaderArgs {
+    /// Dataset whose pre-training images are loaded.
+    #[arg(long, default_value = "synthetic")]
+    data: DataSpec,
+    /// Loader threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Side of the views in pixels.
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Batches timed.
+    #[arg(long, default_value_t = 20)]
+    batches: usize,
+    /// Untimed batches first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Augmentation settings from this configuration file [default: the defaults].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -267,6 +306,10 @@ struct TrainArgs {
     /// Loader threads [default: 2].
     #[arg(long, group = "overrides")]
     workers: Option<usize>,
+    /// Share of training images that may be unreadable in one epoch (each is replaced and
+    /// counted) before the run stops [default: 0.01].
+    #[arg(long, group = "overrides")]
+    max_skipped_fraction: Option<f64>,
     /// kNN monitor every N epochs, 0 = only before and after training [default: 5].
     #[arg(long, group = "overrides")]
     knn_every: Option<usize>,
@@ -276,6 +319,10 @@ struct TrainArgs {
     /// Also write last.pt every N steps inside epochs, 0 = only at epoch ends [default: 0].
     #[arg(long, group = "overrides")]
     ckpt_every_steps: Option<usize>,
+    /// Keep only the newest K periodic epoch-NNNN.pt copies, 0 = all; epoch-0000.pt (the
+    /// initial weights) is always kept [default: 0].
+    #[arg(long, group = "overrides")]
+    keep_last: Option<usize>,
     /// Log scalars every N steps [default: 10].
     #[arg(long, group = "overrides")]
     log_every: Option<usize>,
@@ -334,10 +381,15 @@ impl TrainArgs {
         }
         set(&mut cfg.run.seed, &self.seed);
         set(&mut cfg.data.workers, &self.workers);
+        set(
+            &mut cfg.data.max_skipped_fraction,
+            &self.max_skipped_fraction,
+        );
         set(&mut cfg.run.knn_every, &self.knn_every);
         set(&mut cfg.run.log_every, &self.log_every);
         set(&mut cfg.run.checkpoint_every, &self.checkpoint_every);
         set(&mut cfg.run.checkpoint_every_steps, &self.ckpt_every_steps);
+        set(&mut cfg.run.keep_last, &self.keep_last);
         set(&mut cfg.run.device, &self.device);
         set(&mut cfg.run.precision, &self.precision);
         self.augment.apply(&mut cfg.data.augment);
@@ -469,6 +521,7 @@ pub fn run() -> Result<ExitCode> {
             json,
         }) => eval_knn(&checkpoint, data, k, device, json).map(|_| done),
         Command::Finetune(args) => finetune_command(&args).map(|_| done),
+        Command::Bench(BenchCommand::Loader(args)) => bench_loader(&args).map(|_| done),
         Command::Augment {
             data,
             out,
@@ -573,9 +626,9 @@ fn eval_knn(
     let splits = crate::data::load(&spec, cfg.run.seed)?;
     let top1 = knn::monitor(
         &model.encoder,
-        &splits.train,
-        &splits.test,
-        cfg.data.image_size,
+        splits.train.as_ref(),
+        splits.test.as_ref(),
+        EvalTransform::for_data(&spec, cfg.data.image_size),
         k,
         device,
     );
@@ -608,10 +661,12 @@ fn eval_linear(
         None => {
             let (_vs, model, _) = checkpoint::load_model(checkpoint_path, device)?;
             let splits = crate::data::load(&spec, ckpt_cfg.run.seed)?;
-            let train =
-                features::representations(&model.encoder, &splits.train, image_size, device, flip);
-            let test =
-                features::representations(&model.encoder, &splits.test, image_size, device, false);
+            let transform = EvalTransform::for_data(&spec, image_size);
+            let represent = |set: &dyn crate::data::Dataset, flip| {
+                features::representations(&model.encoder, set, transform, device, flip)
+            };
+            let train = represent(splits.train.as_ref(), flip);
+            let test = represent(splits.test.as_ref(), false);
             features::store_cached(&cache, &train, &test)?;
             (train, test, false)
         }
@@ -655,8 +710,8 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
     let spec = args.data.clone().unwrap_or(cfg.data.spec.clone());
     let splits = crate::data::load(&spec, cfg.run.seed)?;
     let indices = finetune::label_subset(
-        &splits.train.labels,
-        splits.train.num_classes,
+        &splits.train.labels(),
+        splits.train.num_classes(),
         args.label_fraction,
         args.seed,
     )?;
@@ -668,7 +723,7 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
     );
     let finetune_cfg = finetune::FinetuneConfig {
         head_layer: args.head_layer,
-        image_size: cfg.data.image_size,
+        transform: EvalTransform::for_data(&spec, cfg.data.image_size),
         epochs: args.epochs,
         batch_size: args.batch_size,
         seed: args.seed,
@@ -677,8 +732,8 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
     let result = finetune::finetune(
         &vs,
         &model,
-        &splits.train,
-        &splits.test,
+        splits.train.clone(),
+        splits.test.as_ref(),
         &indices,
         &finetune_cfg,
     )?;
@@ -706,6 +761,39 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_loader(args: &BenchLoaderArgs) -> Result<()> {
+    let augment = match &args.config {
+        Some(path) => Config::from_file(path)?.data.augment,
+        None => Default::default(),
+    };
+    let bench = crate::bench::loader::LoaderBench {
+        data: args.data.clone(),
+        workers: args.workers,
+        batch_size: args.batch_size,
+        image_size: args.image_size,
+        batches: args.batches,
+        warmup: args.warmup,
+        prefetch: 4,
+        augment,
+    };
+    let report = crate::bench::loader::run(&bench)?;
+    eprintln!(
+        "loader on {}: {:.0} images/s ({} workers, batch {}, {} px, {} batches in {:.2}s), peak RSS {:.0} MiB",
+        report.data,
+        report.images_per_sec,
+        report.workers,
+        report.batch_size,
+        report.image_size,
+        report.batches,
+        report.seconds,
+        report.peak_rss_mib.unwrap_or(f64::NAN)
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
 fn augment_command(
     spec: &DataSpec,
     out: &Path,
@@ -725,8 +813,13 @@ fn augment_command(
         anyhow::bail!("--count must be >= 1 and --image-size >= 8, got {count} and {image_size}");
     }
     let splits = crate::data::load(spec, seed)?;
-    let grid =
-        crate::data::preview::augmentation_grid(&splits.train, &augment, image_size, seed, count);
+    let grid = crate::data::preview::augmentation_grid(
+        splits.pretraining()?.as_ref(),
+        &augment,
+        image_size,
+        seed,
+        count,
+    )?;
     grid.save(out)
         .with_context(|| format!("writing {}", out.display()))?;
     eprintln!(

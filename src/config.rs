@@ -45,7 +45,7 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// `synthetic` (built in), later `cifar10:DIR`, `stl10:DIR`, `folder:DIR`, ...
+    /// `synthetic` (built in), `cifar10:DIR`, `cifar100:DIR`, `stl10:DIR` or `folder:DIR`.
     pub spec: DataSpec,
     /// Side of the square views fed to the encoder.
     pub image_size: usize,
@@ -57,6 +57,9 @@ pub struct DataConfig {
     pub workers: usize,
     /// Batches prepared ahead of the training step.
     pub prefetch: usize,
+    /// Share of the training images that may be unreadable in one epoch (each is replaced by
+    /// the next readable image and counted) before the run stops with an error.
+    pub max_skipped_fraction: f64,
     pub augment: AugmentConfig,
 }
 
@@ -69,6 +72,7 @@ impl Default for DataConfig {
             max_test_images: None,
             workers: 2,
             prefetch: 4,
+            max_skipped_fraction: 0.01,
             augment: AugmentConfig::default(),
         }
     }
@@ -93,6 +97,9 @@ pub struct RunConfig {
     /// Also write `last.pt` every this many steps inside epochs (0: only at epoch ends), so a
     /// killed run loses at most this many steps.
     pub checkpoint_every_steps: usize,
+    /// Keep only the newest this many periodic copies `epoch-NNNN.pt` (0: all); the initial
+    /// weights `epoch-0000.pt` are always kept.
+    pub keep_last: usize,
     pub device: DeviceChoice,
     pub precision: Precision,
 }
@@ -108,6 +115,7 @@ impl Default for RunConfig {
             log_every: 10,
             checkpoint_every: 5,
             checkpoint_every_steps: 0,
+            keep_last: 0,
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
         }
@@ -220,6 +228,12 @@ impl Config {
                 "data.workers and data.prefetch must be >= 1, got {} and {}",
                 data.workers,
                 data.prefetch
+            );
+        }
+        if !(0.0..=1.0).contains(&data.max_skipped_fraction) {
+            bail!(
+                "data.max_skipped_fraction must be in [0, 1], got {}",
+                data.max_skipped_fraction
             );
         }
         if run.batch_size < 2 {

@@ -6,11 +6,13 @@
 //! the loop of [`train`], reported by [`logging`] (with [`tensorboard`] summaries and a
 //! [`projector`] export), saved by [`checkpoint`], watched by [`eval`], shipped by [`export`].
 //! The binary's command line is [`cli`]; [`shim`] wraps the small C++ shim over libtorch.
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod event_file;
 pub mod export;
 pub mod interrupt;
 pub mod logging;

@@ -1,6 +1,7 @@
 //! Where a run reports: TensorBoard event files and `metrics.jsonl` in the run directory
 //! (the same names as keys: `train/loss`, `eval/knn_top1`, ... plus `step` and `epoch`),
 //! and a progress bar with a summary line per epoch on stderr.
+use crate::event_file::EventFile;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fs::{File, OpenOptions};
@@ -8,11 +9,11 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use tensorboard_proto::summary::Summary;
 use tensorboard_rs::summary::scalar;
-use tensorboard_rs::summary_writer::FileWriter;
 
-/// Writes every logged point to TensorBoard and to `metrics.jsonl`.
+/// Writes every logged point to TensorBoard and to `metrics.jsonl`; write errors (a full disk)
+/// are returned, naming the file.
 pub struct MetricsLogger {
-    tensorboard: FileWriter,
+    tensorboard: EventFile,
     jsonl: BufWriter<File>,
 }
 
@@ -26,7 +27,7 @@ impl MetricsLogger {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         Ok(MetricsLogger {
-            tensorboard: FileWriter::new(run_dir),
+            tensorboard: EventFile::create_in(run_dir)?,
             jsonl: BufWriter::new(file),
         })
     }
@@ -37,8 +38,7 @@ impl MetricsLogger {
         record.insert("step".into(), step.into());
         record.insert("epoch".into(), epoch.into());
         for &(name, value) in scalars {
-            self.tensorboard
-                .add_summary(scalar(name, value as f32), step as usize);
+            self.tensorboard.write(scalar(name, value as f32), step)?;
             record.insert(name.into(), value.into());
         }
         writeln!(self.jsonl, "{}", serde_json::Value::Object(record))
@@ -47,14 +47,14 @@ impl MetricsLogger {
     }
 
     /// Records a ready-made TensorBoard summary (text, hparams; see [`crate::tensorboard`]).
-    pub fn summary(&mut self, summary: Summary, step: u64) {
-        self.tensorboard.add_summary(summary, step as usize);
+    pub fn summary(&mut self, summary: Summary, step: u64) -> Result<()> {
+        self.tensorboard.write(summary, step)
     }
 
     /// Pushes everything logged so far to disk (at epoch ends and at exit).
     pub fn flush(&mut self) -> Result<()> {
-        self.tensorboard.flush();
-        self.jsonl.flush().context("flushing metrics.jsonl")
+        self.tensorboard.flush()?;
+        self.jsonl.flush().context("writing metrics.jsonl")
     }
 }
 
@@ -80,7 +80,6 @@ mod tests {
         let mut logger = MetricsLogger::new(dir.path())?;
         logger.log(5, 0.5, &[("train/loss", 1.25)])?;
         logger.flush()?;
-        drop(logger); // the event file is written by a background thread, joined on drop
         let text = std::fs::read_to_string(dir.path().join("metrics.jsonl"))?;
         let v: serde_json::Value = serde_json::from_str(text.trim())?;
         assert_eq!(v["step"], 5);

@@ -6,8 +6,8 @@
 //! GPU->CPU reads happen only at logging points and epoch ends (marked "sync point").
 use crate::checkpoint::{self, Checkpoint, Meta};
 use crate::config::{Config, Precision};
-use crate::data::loader::{LoaderConfig, TwoViewLoader};
-use crate::data::{self, preview, ImageSet};
+use crate::data::loader::{EvalTransform, LoaderConfig, TwoViewLoader};
+use crate::data::{self, preview, Dataset, Subset};
 use crate::eval::knn;
 use crate::export;
 use crate::interrupt::StopRequest;
@@ -20,7 +20,6 @@ use crate::{projector, tensorboard};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -70,10 +69,13 @@ pub fn run(
     prepare_run_dir(cfg, run_dir, resume.is_some())?;
 
     // ---- data
+    // Pre-training may add unlabeled images (STL-10); the kNN bank is the labelled train split.
     let splits = data::load(&cfg.data.spec, cfg.run.seed)?;
-    let train_set = Arc::new(splits.train.truncated(cfg.data.max_train_images));
-    let test_set = splits.test.truncated(cfg.data.max_test_images);
+    let train_set = Subset::first(splits.pretraining()?, cfg.data.max_train_images);
+    let bank_set = Subset::first(splits.train.clone(), cfg.data.max_train_images);
+    let test_set = Subset::first(splits.test.clone(), cfg.data.max_test_images);
     let image_size = cfg.data.image_size;
+    let eval_transform = EvalTransform::for_data(&cfg.data.spec, image_size);
     let loader_cfg = LoaderConfig {
         batch_size: cfg.run.batch_size,
         image_size,
@@ -82,6 +84,7 @@ pub fn run(
         seed: cfg.run.seed,
         rank: 0,
         world_size: 1,
+        max_skipped_fraction: cfg.data.max_skipped_fraction,
     };
     let loader = TwoViewLoader::new(
         train_set.clone(),
@@ -138,15 +141,15 @@ pub fn run(
     let run_knn = || {
         knn::monitor(
             &model.encoder,
-            &train_set,
-            &test_set,
-            image_size,
+            bank_set.as_ref(),
+            test_set.as_ref(),
+            eval_transform,
             cfg.run.knn_k,
             device,
         )
     };
     let knn_top1_before = if resume.is_none() {
-        describe_run(&mut logger, cfg, &train_set)?;
+        describe_run(&mut logger, cfg, train_set.as_ref())?;
         // The initial weights are kept too (epoch-0000.pt): the baseline of every evaluation.
         save_checkpoint(
             run_dir,
@@ -163,7 +166,7 @@ pub fn run(
         None
     };
 
-    let (mut final_loss, mut last_knn) = (None, None);
+    let (mut final_loss, mut last_knn, mut skipped_images) = (None, None, 0usize);
     for epoch in start_epoch..cfg.run.epochs as u64 {
         let bar = epoch_bar(epoch, cfg.run.epochs as u64, steps_per_epoch);
         let epoch_start = Instant::now();
@@ -176,7 +179,9 @@ pub fn run(
         loop {
             let wait_start = Instant::now();
             let Some(batch) = batches.next() else { break };
+            let batch = batch?;
             data_wait += wait_start.elapsed().as_secs_f64();
+            skipped_images += batch.skipped;
             let lr = schedule.lr(step);
 
             // ---- forward: both views in one pass, so batch norm sees all 2N views (as the
@@ -222,6 +227,7 @@ pub fn run(
                             "train/data_wait_ms",
                             1000.0 * data_wait / window_steps as f64,
                         ),
+                        ("data/skipped_images", skipped_images as f64),
                     ],
                 )?;
                 bar.set_message(format!(
@@ -296,14 +302,15 @@ pub fn run(
     let knn_top1 = last_knn.unwrap_or_else(run_knn);
 
     // ---- the embedding projector of test representations, and the end of the hparams session
-    let shown = test_set.len().min(PROJECTOR_IMAGES);
-    let projected = test_set.clone().truncated(Some(shown));
     projector::write(
         run_dir,
-        &knn::features(&model.encoder, &projected, image_size, device).0,
-        &projected,
+        &model.encoder,
+        test_set.clone(),
+        eval_transform,
+        PROJECTOR_IMAGES,
+        device,
     )?;
-    logger.summary(tensorboard::hparams_end(), step);
+    logger.summary(tensorboard::hparams_end(), step)?;
 
     // ---- export the encoder f
     let encoder = run_dir.join("encoder.pt");
@@ -329,15 +336,15 @@ pub fn run(
 /// What a fresh run shows in TensorBoard before its first step: the resolved configuration as
 /// text and as the run's hyper-parameters (whose results are the final kNN accuracy and loss),
 /// and the augmentation preview.
-fn describe_run(logger: &mut MetricsLogger, cfg: &Config, train_set: &ImageSet) -> Result<()> {
+fn describe_run(logger: &mut MetricsLogger, cfg: &Config, train_set: &dyn Dataset) -> Result<()> {
     let cfg_json = serde_json::to_value(cfg)?;
     let markdown = format!("```json\n{}\n```", serde_json::to_string_pretty(&cfg_json)?);
-    logger.summary(tensorboard::text("config", &markdown), 0);
+    logger.summary(tensorboard::text("config", &markdown), 0)?;
     for summary in tensorboard::hparams_start(
         &tensorboard::flatten(&cfg_json),
         &["eval/knn_top1", "train/loss"],
     ) {
-        logger.summary(summary, 0);
+        logger.summary(summary, 0)?;
     }
     let grid = preview::augmentation_grid(
         train_set,
@@ -345,8 +352,8 @@ fn describe_run(logger: &mut MetricsLogger, cfg: &Config, train_set: &ImageSet) 
         cfg.data.image_size,
         cfg.run.seed,
         PREVIEW_IMAGES,
-    );
-    logger.summary(tensorboard::image("augmentation", &grid)?, 0);
+    )?;
+    logger.summary(tensorboard::image("augmentation", &grid)?, 0)?;
     Ok(())
 }
 
@@ -364,7 +371,7 @@ fn prepare_run_dir(cfg: &Config, run_dir: &Path, resuming: bool) -> Result<()> {
 }
 
 /// Writes `checkpoints/last.pt`, and keeps a copy `epoch-NNNN.pt` every `every` epochs (of an
-/// epoch-end checkpoint).
+/// epoch-end checkpoint), the newest `run.keep_last` of them.
 fn save_checkpoint(
     run_dir: &Path,
     vs: &VarStore,
@@ -376,9 +383,7 @@ fn save_checkpoint(
     let (optim_state, _) = optimizer.state();
     checkpoint::save(&last, &vs.variables(), &optim_state, &meta)?;
     if every > 0 && meta.epoch % every as u64 == 0 {
-        let periodic = last.with_file_name(format!("epoch-{:04}.pt", meta.epoch));
-        std::fs::copy(&last, &periodic)
-            .with_context(|| format!("writing {}", periodic.display()))?;
+        checkpoint::keep_periodic(&last, meta.epoch, meta.config.run.keep_last)?;
     }
     Ok(())
 }

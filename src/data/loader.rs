@@ -15,18 +15,28 @@
 //! Augmentation of a sample depends only on (seed, epoch, dataset index, view)
 //! ([`augment::sample_rng`]), so batches are identical whatever the number of workers.
 //!
+//! Unreadable images: a sample whose image cannot be read or decoded (a truncated JPEG, a
+//! zero-byte file, a decompression bomb) is replaced by the next readable image of the dataset
+//! (index i+1, i+2, ...), so batches keep their size and stay identical across ranks and
+//! thread counts; it is counted ([`Batch::skipped`], logged as `data/skipped_images`) and the
+//! first few are reported on stderr. When more than `max_skipped_fraction` of the dataset is
+//! unreadable within one epoch, the epoch ends with an error instead.
+//!
 //! Pipelining: a producer thread builds u8 NHWC batches with a rayon pool of `workers`
-//! threads and hands them over a bounded channel, so the loader runs ahead of training by up
-//! to `prefetch` batches. Host memory for batches is bounded by
-//! `(prefetch + 2) x 2 x B x S x S x 3` bytes: `prefetch` queued, one being built, one being
-//! uploaded (e.g. 9 MiB for prefetch 4, B 256, S 32). The consuming thread copies each u8
-//! batch to the device and converts it there (4x less host-to-device traffic than f32).
+//! threads, writing the views straight into the tensors that go to the device (in pinned
+//! memory when the device is CUDA, so the upload is an asynchronous DMA), and hands them over a
+//! bounded channel, so the loader runs ahead of training by up to `prefetch` batches. Host
+//! memory for batches is bounded by `(prefetch + 2) x 2 x B x S x S x 3` bytes: `prefetch`
+//! queued, one being built, one being uploaded (e.g. 9 MiB for prefetch 4, B 256, S 32; 294
+//! MiB for B 256, S 224), plus one decoded source image per worker. The consuming thread
+//! converts each u8 batch to f32 NCHW on the device (4x less host-to-device traffic than f32).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use rayon::ThreadPool;
@@ -34,7 +44,10 @@ use tch::{Device, Kind, Tensor};
 
 use super::augment::{self, AugmentConfig};
 use super::resize::{resized_crop, to_u8, CropBox};
-use super::{domain, keyed_rng, ImageSet};
+use super::{domain, keyed_rng, Dataset, Image};
+
+/// Unreadable images reported on stderr by one loader; later ones are only counted.
+const REPORTED_FAILURES: usize = 5;
 
 /// One training step's input: the dataset indices and their two augmented views.
 #[derive(Debug)]
@@ -43,6 +56,8 @@ pub struct Batch {
     pub indices: Vec<usize>,
     /// Two views, each `[B, 3, S, S]` f32 in [0, 1], contiguous, on the loader's device.
     pub views: [Tensor; 2],
+    /// Rows whose image could not be read and was replaced by the next readable one.
+    pub skipped: usize,
 }
 
 /// How batches are sized, parallelised and sharded.
@@ -52,7 +67,7 @@ pub struct LoaderConfig {
     pub batch_size: usize,
     /// Side S of the square views in pixels.
     pub image_size: usize,
-    /// Threads that augment samples in parallel.
+    /// Threads that read and augment samples in parallel.
     pub workers: usize,
     /// Batches the producer may build ahead of the consumer.
     pub prefetch: usize,
@@ -62,6 +77,8 @@ pub struct LoaderConfig {
     pub rank: usize,
     /// Number of data-parallel ranks.
     pub world_size: usize,
+    /// Share of the dataset that may be unreadable within one epoch before the run stops.
+    pub max_skipped_fraction: f64,
 }
 
 impl LoaderConfig {
@@ -80,6 +97,11 @@ impl LoaderConfig {
             "loader: rank {} must be below world_size {}",
             self.rank,
             self.world_size
+        );
+        let f = self.max_skipped_fraction;
+        ensure!(
+            (0.0..=1.0).contains(&f),
+            "loader: max_skipped_fraction {f} must be in [0, 1]"
         );
         Ok(())
     }
@@ -118,17 +140,18 @@ pub fn rank_order(
 
 /// Produces the two-view batches of one rank, epoch after epoch.
 pub struct TwoViewLoader {
-    data: Arc<ImageSet>,
+    data: Arc<dyn Dataset>,
     augment: AugmentConfig,
     cfg: LoaderConfig,
     pool: Arc<ThreadPool>,
     device: Device,
+    reported: Arc<AtomicUsize>,
 }
 
 impl TwoViewLoader {
     /// Checks both configs and that the data gives at least one batch, and starts the pool.
     pub fn new(
-        data: Arc<ImageSet>,
+        data: Arc<dyn Dataset>,
         augment: AugmentConfig,
         cfg: LoaderConfig,
         device: Device,
@@ -154,6 +177,7 @@ impl TwoViewLoader {
             cfg,
             pool: Arc::new(pool),
             device,
+            reported: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -162,94 +186,178 @@ impl TwoViewLoader {
         batches_per_epoch(self.data.len(), self.cfg.batch_size, self.cfg.world_size)
     }
 
-    /// The batches of `epoch` from `start_batch` on (a resumed run skips those already done).
+    /// The batches of `epoch` from `start_batch` on (a resumed run skips those already done);
+    /// an item is an error when too much of the dataset is unreadable (see the module docs).
     /// Dropping the iterator early stops the producer after the batch it is building.
-    pub fn epoch(&self, epoch: u64, start_batch: usize) -> impl Iterator<Item = Batch> {
+    pub fn epoch(&self, epoch: u64, start_batch: usize) -> impl Iterator<Item = Result<Batch>> {
         let (tx, rx) = sync_channel(self.cfg.prefetch);
-        let (data, augment, cfg, pool) = (
-            self.data.clone(),
-            self.augment.clone(),
-            self.cfg.clone(),
-            self.pool.clone(),
-        );
-        let producer = std::thread::Builder::new()
+        let producer = Producer {
+            data: self.data.clone(),
+            augment: self.augment.clone(),
+            cfg: self.cfg.clone(),
+            pinned: self.device.is_cuda(),
+            reported: self.reported.clone(),
+            epoch,
+        };
+        let pool = self.pool.clone();
+        let thread = std::thread::Builder::new()
             .name("simclr-loader".into())
-            .spawn(move || {
-                let order = rank_order(
-                    data.len(),
-                    cfg.seed,
-                    epoch,
-                    cfg.batch_size,
-                    cfg.rank,
-                    cfg.world_size,
-                );
-                for indices in order.chunks_exact(cfg.batch_size).skip(start_batch) {
-                    let views = pool.install(|| build_views(&data, &augment, &cfg, epoch, indices));
-                    if tx.send((indices.to_vec(), views)).is_err() {
-                        return; // the consumer hung up
-                    }
-                }
-            })
+            .spawn(move || producer.run(&pool, start_batch, |batch| tx.send(batch).is_ok()))
             .expect("loader: the OS refused to start the producer thread");
         EpochIter {
             rx: Some(rx),
-            producer: Some(producer),
-            size: self.cfg.image_size,
+            producer: Some(thread),
             device: self.device,
         }
     }
 }
 
-/// Both views of every sample, u8 NHWC, one sample per parallel task.
-fn build_views(
-    data: &ImageSet,
-    augment: &AugmentConfig,
-    cfg: &LoaderConfig,
+/// Everything the producer thread of one epoch needs.
+struct Producer {
+    data: Arc<dyn Dataset>,
+    augment: AugmentConfig,
+    cfg: LoaderConfig,
+    pinned: bool,
+    reported: Arc<AtomicUsize>,
     epoch: u64,
-    indices: &[usize],
-) -> [Vec<u8>; 2] {
-    let bytes = cfg.image_size * cfg.image_size * 3;
-    let mut views = [
-        vec![0u8; indices.len() * bytes],
-        vec![0u8; indices.len() * bytes],
-    ];
-    let [v0, v1] = &mut views;
-    v0.par_chunks_mut(bytes)
-        .zip(v1.par_chunks_mut(bytes))
-        .zip(indices)
-        .for_each(|((a, b), &i)| {
-            for (view, out) in [a, b].into_iter().enumerate() {
-                let mut rng = augment::sample_rng(cfg.seed, epoch, i as u64, view as u64);
-                let (h, w) = (data.height, data.width);
-                augment::augment_view(data.image(i), h, w, cfg.image_size, augment, &mut rng, out);
-            }
-        });
-    views
 }
 
-/// A batch as the producer hands it over: dataset indices and both views, u8 NHWC.
-type HostBatch = (Vec<usize>, [Vec<u8>; 2]);
+impl Producer {
+    /// Builds the epoch's batches from `start_batch` on and hands each to `send` until it
+    /// returns false (the consumer hung up), the epoch ends, or an error was sent.
+    fn run(&self, pool: &ThreadPool, start_batch: usize, send: impl Fn(Result<HostBatch>) -> bool) {
+        let cfg = &self.cfg;
+        let order = rank_order(
+            self.data.len(),
+            cfg.seed,
+            self.epoch,
+            cfg.batch_size,
+            cfg.rank,
+            cfg.world_size,
+        );
+        let allowed = (cfg.max_skipped_fraction * self.data.len() as f64).floor() as usize;
+        let mut skipped_in_epoch = 0;
+        for indices in order.chunks_exact(cfg.batch_size).skip(start_batch) {
+            let batch = pool.install(|| self.build(indices));
+            if let Ok(b) = &batch {
+                skipped_in_epoch += b.skipped;
+            }
+            let batch = batch.and_then(|b| {
+                if skipped_in_epoch > allowed {
+                    bail!(
+                        "{skipped_in_epoch} unreadable images in epoch {} of {} (more than max_skipped_fraction {} of the dataset): fix or remove them",
+                        self.epoch + 1,
+                        self.data.len(),
+                        cfg.max_skipped_fraction
+                    );
+                }
+                Ok(b)
+            });
+            let failed = batch.is_err();
+            if !send(batch) || failed {
+                return;
+            }
+        }
+    }
+
+    /// Both views of every sample, u8 NHWC, one sample per parallel task.
+    fn build(&self, indices: &[usize]) -> Result<HostBatch> {
+        let s = self.cfg.image_size;
+        let bytes = s * s * 3;
+        let views = [0, 1].map(|_| host_tensor(indices.len(), s, self.pinned));
+        let mut buffers = views.each_ref().map(|v| {
+            // SAFETY: each tensor was just allocated here, contiguous u8 of exactly
+            // `len * bytes` bytes, and nothing else refers to it until it is sent.
+            unsafe {
+                std::slice::from_raw_parts_mut(v.data_ptr() as *mut u8, indices.len() * bytes)
+            }
+        });
+        let [v0, v1] = &mut buffers;
+        let skipped: Result<Vec<bool>> = v0
+            .par_chunks_mut(bytes)
+            .zip(v1.par_chunks_mut(bytes))
+            .zip(indices)
+            .map(|((a, b), &i)| {
+                let (image, substituted) = self.readable_image(i)?;
+                for (view, out) in [a, b].into_iter().enumerate() {
+                    let mut rng =
+                        augment::sample_rng(self.cfg.seed, self.epoch, i as u64, view as u64);
+                    let (h, w) = (image.height, image.width);
+                    augment::augment_view(&image.pixels, h, w, s, &self.augment, &mut rng, out);
+                }
+                Ok(substituted)
+            })
+            .collect();
+        Ok(HostBatch {
+            indices: indices.to_vec(),
+            skipped: skipped?.into_iter().filter(|&s| s).count(),
+            views,
+        })
+    }
+
+    /// Image `i`, or else the next readable one after it (true when substituted); an error
+    /// only when no image of the dataset can be read.
+    fn readable_image(&self, i: usize) -> Result<(Image<'_>, bool)> {
+        let n = self.data.len();
+        let mut first_error = None;
+        for k in 0..n {
+            match self.data.image((i + k) % n) {
+                Ok(image) => return Ok((image, k > 0)),
+                Err(e) if k == 0 => {
+                    if self.reported.fetch_add(1, Ordering::Relaxed) < REPORTED_FAILURES {
+                        eprintln!("warning: skipping an unreadable image: {e:#}");
+                    }
+                    first_error = Some(e);
+                }
+                Err(_) => {}
+            }
+        }
+        Err(first_error
+            .unwrap_or_else(|| anyhow::anyhow!("empty dataset"))
+            .context("no image of the dataset could be read"))
+    }
+}
+
+/// An uninitialised `[n, s, s, 3]` u8 host tensor, page-locked when it will go to a GPU.
+fn host_tensor(n: usize, s: usize, pinned: bool) -> Tensor {
+    let t = Tensor::empty(
+        [n as i64, s as i64, s as i64, 3],
+        (Kind::Uint8, Device::Cpu),
+    );
+    if pinned {
+        t.pin_memory(Device::Cuda(0))
+    } else {
+        t
+    }
+}
+
+/// A batch as the producer hands it over: dataset indices and both views, u8 NHWC on the host.
+struct HostBatch {
+    indices: Vec<usize>,
+    views: [Tensor; 2],
+    skipped: usize,
+}
 
 /// Receives host batches and turns them into device tensors; stops the producer on drop.
 struct EpochIter {
-    rx: Option<Receiver<HostBatch>>,
+    rx: Option<Receiver<Result<HostBatch>>>,
     producer: Option<JoinHandle<()>>,
-    size: usize,
     device: Device,
 }
 
 impl Iterator for EpochIter {
-    type Item = Batch;
+    type Item = Result<Batch>;
 
-    fn next(&mut self) -> Option<Batch> {
+    fn next(&mut self) -> Option<Result<Batch>> {
         match self.rx.as_ref()?.recv() {
-            Ok((indices, [a, b])) => {
-                let n = indices.len();
-                let views = [
-                    to_device_nchw(&a, n, self.size, self.device),
-                    to_device_nchw(&b, n, self.size, self.device),
-                ];
-                Some(Batch { indices, views })
+            Ok(Ok(host)) => Some(Ok(Batch {
+                indices: host.indices,
+                views: host.views.map(|v| to_device_nchw(&v, self.device)),
+                skipped: host.skipped,
+            })),
+            Ok(Err(e)) => {
+                self.rx = None;
+                Some(Err(e))
             }
             Err(_) => {
                 // The epoch is over, or the producer panicked: re-raise a panic here.
@@ -272,56 +380,119 @@ impl Drop for EpochIter {
     }
 }
 
-/// u8 NHWC on the host -> f32 NCHW in [0, 1] on `device`, converted there.
-fn to_device_nchw(pixels: &[u8], n: usize, size: usize, device: Device) -> Tensor {
-    let s = size as i64;
-    Tensor::from_slice(pixels)
-        .view([n as i64, s, s, 3])
-        .to_device(device)
-        .permute([0, 3, 1, 2])
-        .contiguous()
-        .to_kind(Kind::Float)
-        / 255.0
+/// u8 NHWC on the host -> f32 NCHW in [0, 1] on `device`, converted there (the upload is
+/// asynchronous from pinned memory) into one new tensor: the layout change and the
+/// conversion are one copy, the scaling is in place.
+fn to_device_nchw(pixels: &Tensor, device: Device) -> Tensor {
+    let on_device = pixels.to_device_(device, Kind::Uint8, true, false);
+    let [n, h, w, c] = on_device.size()[..] else {
+        unreachable!("batches are built as [n, h, w, 3]")
+    };
+    let mut out = Tensor::empty([n, c, h, w], (Kind::Float, device));
+    out.copy_(&on_device.permute([0, 3, 1, 2]));
+    let _ = out.g_div_scalar_(255.0);
+    out
 }
 
-/// The evaluation transform over `set`, in order, last partial batch included: each image is
-/// resized as a whole to `image_size` square (antialiased bilinear; exactly the identity when
-/// it already has that size). Yields (`[b, 3, S, S]` f32 in [0, 1], labels i64 `[b]`) on
-/// `device`. The official centre crop of 0.875 is left out: it would cut the synthetic shapes.
+/// The evaluation transform of one image into `out` (`size * size * 3` bytes): the centred
+/// square of `crop_fraction` of the shorter side, resized to `size` (antialiased bilinear;
+/// exactly the identity for a whole image already of that size).
+pub fn eval_view(image: &Image<'_>, size: usize, crop_fraction: f64, out: &mut [u8]) {
+    let (h, w) = (image.height, image.width);
+    let side = ((h.min(w) as f64 * crop_fraction).round() as usize).clamp(1, h.min(w));
+    let crop = if crop_fraction >= 1.0 {
+        CropBox::full(h, w)
+    } else {
+        CropBox {
+            top: (h - side) / 2,
+            left: (w - side) / 2,
+            height: side,
+            width: side,
+        }
+    };
+    to_u8(&resized_crop(&image.pixels, h, w, &crop, size, size), out);
+}
+
+/// The deterministic input transform of every evaluation: view size and centre-crop share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalTransform {
+    /// Side S of the square inputs.
+    pub image_size: usize,
+    /// Share of the shorter side kept ([`super::DataSpec::eval_crop_fraction`]).
+    pub crop_fraction: f64,
+}
+
+impl EvalTransform {
+    /// The transform for `spec` at `image_size`.
+    pub fn for_data(spec: &super::DataSpec, image_size: usize) -> Self {
+        Self {
+            image_size,
+            crop_fraction: spec.eval_crop_fraction(),
+        }
+    }
+}
+
+/// One evaluation batch: inputs, labels and the dataset indices they come from.
+pub struct EvalBatch {
+    /// `[b, 3, S, S]` f32 in [0, 1].
+    pub images: Tensor,
+    /// `[b]` i64.
+    pub labels: Tensor,
+    /// Dataset index of each row.
+    pub indices: Vec<usize>,
+}
+
+/// The evaluation transform over `set`, in order, last partial batch included, images decoded
+/// in parallel (rayon's global pool). With `crop_fraction` 1 each image is resized as a whole
+/// (the CIFAR-size sets); otherwise its centre crop is (see [`super::DataSpec::eval_crop_fraction`]).
+/// An unreadable image is left out of its batch (reported on stderr) rather than stopping an
+/// evaluation.
 ///
 /// # Panics
 /// If `image_size` or `batch_size` is 0 (callers validate their configs first).
-pub fn eval_batches(
-    set: &ImageSet,
-    image_size: usize,
+pub fn eval_batches<'a>(
+    set: &'a dyn Dataset,
+    transform: EvalTransform,
     batch_size: usize,
     device: Device,
-) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
+) -> impl Iterator<Item = EvalBatch> + 'a {
+    let EvalTransform {
+        image_size,
+        crop_fraction,
+    } = transform;
     assert!(
         image_size > 0 && batch_size > 0,
         "eval batches: image_size {image_size} and batch_size {batch_size} must be positive"
     );
-    let (h, w) = (set.height, set.width);
     let bytes = image_size * image_size * 3;
     (0..set.len()).step_by(batch_size).map(move |start| {
         let end = (start + batch_size).min(set.len());
-        let mut pixels = vec![0u8; (end - start) * bytes];
-        for (i, out) in (start..end).zip(pixels.chunks_exact_mut(bytes)) {
-            let img = resized_crop(
-                set.image(i),
-                h,
-                w,
-                &CropBox::full(h, w),
-                image_size,
-                image_size,
-            );
-            to_u8(&img, out);
+        let rendered: Vec<Option<Vec<u8>>> = (start..end)
+            .into_par_iter()
+            .map(|i| match set.image(i) {
+                Ok(image) => {
+                    let mut out = vec![0u8; bytes];
+                    eval_view(&image, image_size, crop_fraction, &mut out);
+                    Some(out)
+                }
+                Err(e) => {
+                    eprintln!("warning: left out of evaluation: {e:#}");
+                    None
+                }
+            })
+            .collect();
+        let indices: Vec<usize> = (start..end)
+            .filter(|&i| rendered[i - start].is_some())
+            .collect();
+        let pixels: Vec<u8> = rendered.into_iter().flatten().flatten().collect();
+        let labels: Vec<i64> = indices.iter().map(|&i| set.label(i)).collect();
+        let s = image_size as i64;
+        let host = Tensor::from_slice(&pixels).view([indices.len() as i64, s, s, 3]);
+        EvalBatch {
+            images: to_device_nchw(&host, device),
+            labels: Tensor::from_slice(&labels).to_device(device),
+            indices,
         }
-        let labels = Tensor::from_slice(&set.labels[start..end]).to_device(device);
-        (
-            to_device_nchw(&pixels, end - start, image_size, device),
-            labels,
-        )
     })
 }
 
@@ -329,15 +500,31 @@ pub fn eval_batches(
 mod tests {
     use super::*;
     use crate::data::synthetic::{generate, SyntheticConfig};
+    use crate::data::ImageSet;
     use std::time::{Duration, Instant};
 
-    fn data(n: usize) -> Arc<ImageSet> {
+    fn data(n: usize) -> Arc<dyn Dataset> {
+        Arc::new(image_set(n))
+    }
+
+    fn image_set(n: usize) -> ImageSet {
         let cfg = SyntheticConfig {
             train_size: n,
             test_size: 0,
             image_size: 32,
         };
-        Arc::new(generate(&cfg, 0).unwrap().train)
+        generate(&cfg, 0).unwrap().train
+    }
+
+    fn transform(image_size: usize, crop_fraction: f64) -> EvalTransform {
+        EvalTransform {
+            image_size,
+            crop_fraction,
+        }
+    }
+
+    fn epoch(l: &TwoViewLoader, epoch: u64, start: usize) -> Vec<Batch> {
+        l.epoch(epoch, start).collect::<Result<_>>().unwrap()
     }
 
     fn cfg(batch_size: usize, workers: usize) -> LoaderConfig {
@@ -349,6 +536,7 @@ mod tests {
             seed: 3,
             rank: 0,
             world_size: 1,
+            max_skipped_fraction: 0.0,
         }
     }
 
@@ -417,11 +605,12 @@ mod tests {
     #[test]
     fn batches_have_the_right_shape_range_and_differing_views() {
         let l = loader(40, cfg(8, 2));
-        let batches: Vec<Batch> = l.epoch(0, 0).collect();
+        let batches = epoch(&l, 0, 0);
         assert_eq!(batches.len(), 5);
         assert_eq!(l.batches_per_epoch(), 5);
         for b in &batches {
             assert_eq!(b.indices.len(), 8);
+            assert_eq!(b.skipped, 0);
             for v in &b.views {
                 assert_eq!(v.size(), [8, 3, 24, 24]);
                 assert_eq!(v.kind(), Kind::Float);
@@ -434,8 +623,8 @@ mod tests {
 
     #[test]
     fn batches_do_not_depend_on_the_worker_count_and_resume_skips_exactly() {
-        let one: Vec<Batch> = loader(48, cfg(8, 1)).epoch(1, 0).collect();
-        let two: Vec<Batch> = loader(48, cfg(8, 2)).epoch(1, 2).collect();
+        let one = epoch(&loader(48, cfg(8, 1)), 1, 0);
+        let two = epoch(&loader(48, cfg(8, 2)), 1, 2);
         assert_eq!(two.len(), one.len() - 2);
         for (a, b) in one[2..].iter().zip(&two) {
             assert_eq!(a.indices, b.indices);
@@ -465,28 +654,130 @@ mod tests {
 
     #[test]
     fn eval_batches_are_in_order_with_a_partial_last_batch() {
-        let set = data(10);
-        let batches: Vec<(Tensor, Tensor)> = eval_batches(&set, 32, 4, Device::Cpu).collect();
+        let set = image_set(10);
+        let batches: Vec<EvalBatch> =
+            eval_batches(&set, transform(32, 1.0), 4, Device::Cpu).collect();
         assert_eq!(
-            batches.iter().map(|(x, _)| x.size()[0]).collect::<Vec<_>>(),
+            batches
+                .iter()
+                .map(|b| b.images.size()[0])
+                .collect::<Vec<_>>(),
             [4, 4, 2]
         );
         let labels: Vec<i64> = Vec::try_from(Tensor::cat(
-            &batches.iter().map(|(_, y)| y).collect::<Vec<_>>(),
+            &batches.iter().map(|b| &b.labels).collect::<Vec<_>>(),
             0,
         ))
         .unwrap();
         assert_eq!(labels, set.labels);
-        // Same size: the images themselves, scaled to [0, 1].
-        let first = (&batches[0].0.get(0) * 255.0)
+        assert_eq!(batches[2].indices, [8, 9]);
+        // Same size, no crop: the images themselves, scaled to [0, 1].
+        let first = (&batches[0].images.get(0) * 255.0)
             .round()
             .permute([1, 2, 0])
             .to_kind(Kind::Uint8);
         assert_eq!(
             Vec::<u8>::try_from(first.flatten(0, -1)).unwrap(),
-            set.image(0)
+            set.pixels(0)
         );
-        let (small, _) = eval_batches(&set, 16, 4, Device::Cpu).next().unwrap();
-        assert_eq!(small.size(), [4, 3, 16, 16]);
+        let small = eval_batches(&set, transform(16, 0.875), 4, Device::Cpu)
+            .next()
+            .unwrap();
+        assert_eq!(small.images.size(), [4, 3, 16, 16]);
+    }
+
+    #[test]
+    fn eval_crop_keeps_the_centre_of_the_shorter_side() {
+        // A 4x8 image whose centre 2x2 (fraction 0.5 of the shorter side) is white.
+        let mut pixels = vec![0u8; 4 * 8 * 3];
+        for (y, x) in [(1, 3), (1, 4), (2, 3), (2, 4)] {
+            pixels[(y * 8 + x) * 3..][..3].fill(255);
+        }
+        let image = Image {
+            pixels: pixels.into(),
+            height: 4,
+            width: 8,
+        };
+        let mut out = vec![0u8; 2 * 2 * 3];
+        eval_view(&image, 2, 0.5, &mut out);
+        assert_eq!(out, [255; 12]);
+        eval_view(&image, 2, 1.0, &mut out);
+        assert!(
+            out.iter().all(|&v| v < 255),
+            "the whole image is resized: {out:?}"
+        );
+    }
+
+    /// A dataset whose images at `bad` cannot be read.
+    struct Flaky {
+        inner: ImageSet,
+        bad: Vec<usize>,
+    }
+
+    impl Dataset for Flaky {
+        fn len(&self) -> usize {
+            self.inner.len()
+        }
+        fn label(&self, i: usize) -> i64 {
+            self.inner.label(i)
+        }
+        fn num_classes(&self) -> usize {
+            self.inner.num_classes()
+        }
+        fn image(&self, i: usize) -> Result<Image<'_>> {
+            if self.bad.contains(&i) {
+                bail!("image {i} is corrupt");
+            }
+            self.inner.image(i)
+        }
+    }
+
+    #[test]
+    fn unreadable_images_are_replaced_by_the_next_readable_one_and_counted() {
+        let flaky = |bad: Vec<usize>| -> Arc<dyn Dataset> {
+            Arc::new(Flaky {
+                inner: image_set(16),
+                bad,
+            })
+        };
+        let c = LoaderConfig {
+            max_skipped_fraction: 0.25,
+            ..cfg(8, 2)
+        };
+        let clean =
+            TwoViewLoader::new(data(16), AugmentConfig::default(), c.clone(), Device::Cpu).unwrap();
+        let l = TwoViewLoader::new(
+            flaky(vec![3, 4]),
+            AugmentConfig::default(),
+            c.clone(),
+            Device::Cpu,
+        )
+        .unwrap();
+        let (want, got) = (epoch(&clean, 0, 0), epoch(&l, 0, 0));
+        assert_eq!(got.iter().map(|b| b.skipped).sum::<usize>(), 2);
+        for (w, g) in want.iter().zip(&got) {
+            assert_eq!(w.indices, g.indices);
+            for (row, &i) in g.indices.iter().enumerate() {
+                // Rows of readable images are untouched; 3 and 4 both become image 5.
+                let same = w.views[0]
+                    .get(row as i64)
+                    .equal(&g.views[0].get(row as i64));
+                assert_eq!(same, i != 3 && i != 4, "row of image {i}");
+            }
+        }
+        // 5 of 16 unreadable is more than a quarter: the epoch ends with an error.
+        let l = TwoViewLoader::new(
+            flaky(vec![0, 1, 2, 3, 4]),
+            AugmentConfig::default(),
+            c,
+            Device::Cpu,
+        )
+        .unwrap();
+        let err = l.epoch(0, 0).find_map(|b| b.err()).expect("an error");
+        assert!(
+            err.to_string()
+                .contains("5 unreadable images in epoch 1 of 16"),
+            "{err}"
+        );
     }
 }

@@ -1,108 +1,84 @@
 //! Datasets and the two-view loader.
 //!
-//! A dataset is a set of decoded u8 RGB images (HWC, all the same size) with integer labels.
-//! [`load`] turns a [`DataSpec`] (the `--data` string, e.g. `synthetic`) into train and test
-//! [`ImageSet`]s; [`loader`] turns a set into batches of two independently augmented views
-//! for contrastive training ([`augment`], SimCLR Appendix A) and into deterministic
-//! evaluation batches for the kNN monitor.
+//! A [`Dataset`] is an indexed collection of labelled u8 RGB images (HWC, any size) that
+//! loader workers read concurrently. [`load`] turns a [`DataSpec`] (the `--data` string, e.g.
+//! `synthetic` or `cifar10:DIR`) into [`Splits`]; [`loader`] turns a dataset into batches of
+//! two independently augmented views for contrastive training ([`augment`], SimCLR Appendix A)
+//! and into deterministic evaluation batches for the kNN monitor and the evaluations.
 //!
-//! Adding a real dataset means one new [`DataSpec`] variant, one file that decodes it into an
-//! [`ImageSet`] via [`ImageSet::new`], and one arm in [`load`].
+//! | spec           | reader        | storage                                   |
+//! |----------------|---------------|-------------------------------------------|
+//! | `synthetic`    | [`synthetic`] | generated into memory ([`ImageSet`])      |
+//! | `cifar10:DIR`  | [`cifar`]     | official binary, decoded into memory      |
+//! | `cifar100:DIR` | [`cifar`]     | official binary, decoded into memory      |
+//! | `stl10:DIR`    | [`stl10`]     | official binary, memory-mapped            |
+//! | `folder:DIR`   | [`folder`]    | JPEG/PNG files, decoded when read         |
+//!
+//! Adding a dataset means one new [`DataSpec`] variant, one file implementing [`Dataset`] for
+//! it (or producing an [`ImageSet`]), and one arm in [`load`].
 //!
 //! All randomness in this module comes from `keyed_rng`: every random stream is a pure
 //! function of a seed and the indices that identify it (split, epoch, sample, view), so
 //! results do not depend on thread count, batch composition or iteration order.
 
 pub mod augment;
+pub mod cifar;
+pub mod decode;
+pub mod folder;
+mod image_set;
 pub mod loader;
 pub mod preview;
 pub mod resize;
+pub mod stl10;
+mod subset;
 pub mod synthetic;
 
+use std::borrow::Cow;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::{bail, ensure, Result};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
-/// A labelled set of equally sized u8 RGB images, stored contiguously so a sample is a slice.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ImageSet {
-    /// `len() * height * width * 3` bytes: image-major, then HWC, RGB.
-    pub images: Vec<u8>,
-    /// One class index in `0..num_classes` per image.
-    pub labels: Vec<i64>,
-    /// Image height in pixels.
+pub use image_set::ImageSet;
+pub use subset::{Concat, Subset};
+
+/// One image as a dataset hands it out: u8 RGB, HWC, borrowed when the dataset holds it
+/// decoded in memory, owned when it was decoded or rearranged for this read.
+#[derive(Debug, Clone)]
+pub struct Image<'a> {
+    /// `height * width * 3` bytes.
+    pub pixels: Cow<'a, [u8]>,
     pub height: usize,
-    /// Image width in pixels.
     pub width: usize,
-    /// Number of classes (used only for evaluation; SimCLR training ignores labels).
-    pub num_classes: usize,
 }
 
-impl ImageSet {
-    /// Builds a set, checking that buffer sizes and labels agree so loaders fail at load time,
-    /// not deep inside a training step.
-    pub fn new(
-        images: Vec<u8>,
-        labels: Vec<i64>,
-        height: usize,
-        width: usize,
-        num_classes: usize,
-    ) -> Result<Self> {
-        ensure!(
-            height > 0 && width > 0,
-            "image set: image size {height}x{width} must be positive"
-        );
-        let expected = labels.len() * height * width * 3;
-        ensure!(
-            images.len() == expected,
-            "image set: {} bytes of pixels for {} labels of {height}x{width}x3 (expected {expected})",
-            images.len(),
-            labels.len()
-        );
-        if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= num_classes) {
-            bail!("image set: label {bad} outside 0..{num_classes}");
-        }
-        Ok(Self {
-            images,
-            labels,
-            height,
-            width,
-            num_classes,
-        })
-    }
-
+/// An indexed set of labelled images, read concurrently by loader workers.
+pub trait Dataset: Send + Sync {
     /// Number of images.
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
+    fn len(&self) -> usize;
+
+    /// The class of image `i` in `0..num_classes()`, or -1 for an unlabeled image.
+    fn label(&self, i: usize) -> i64;
+
+    /// Number of classes (used only for evaluation; SimCLR training ignores labels).
+    fn num_classes(&self) -> usize;
+
+    /// Image `i` (`i < len()`); an error (naming the file) when it cannot be read or decoded,
+    /// which the loader counts and skips.
+    fn image(&self, i: usize) -> Result<Image<'_>>;
 
     /// True when the set holds no image.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
-    /// Keeps only the first `max` images (all when `None` or when there are fewer), for quick
-    /// runs; classes stay balanced on the synthetic set, whose labels cycle through the classes.
-    pub fn truncated(mut self, max: Option<usize>) -> Self {
-        if let Some(n) = max.filter(|&n| n < self.len()) {
-            self.labels.truncate(n);
-            self.images.truncate(n * self.image_bytes());
-        }
-        self
-    }
-
-    /// Bytes of one image (`height * width * 3`).
-    pub fn image_bytes(&self) -> usize {
-        self.height * self.width * 3
-    }
-
-    /// The HWC RGB bytes of image `i` (panics if `i >= len()`, like slice indexing).
-    pub fn image(&self, i: usize) -> &[u8] {
-        let n = self.image_bytes();
-        &self.images[i * n..(i + 1) * n]
+    /// Every label, in order.
+    fn labels(&self) -> Vec<i64> {
+        (0..self.len()).map(|i| self.label(i)).collect()
     }
 }
 
@@ -113,6 +89,14 @@ impl ImageSet {
 pub enum DataSpec {
     /// The built-in procedural dataset ([`synthetic`]): needs no download.
     Synthetic,
+    /// CIFAR-10, official binary version, in this directory.
+    Cifar10(PathBuf),
+    /// CIFAR-100 (fine labels), official binary version, in this directory.
+    Cifar100(PathBuf),
+    /// STL-10, official binary version, in this directory.
+    Stl10(PathBuf),
+    /// An ImageFolder tree with `train/` and `val/` in this directory.
+    Folder(PathBuf),
 }
 
 /// The accepted forms of a [`DataSpec`], for error messages and `--help`.
@@ -126,12 +110,17 @@ impl FromStr for DataSpec {
         if s == "synthetic" {
             return Ok(Self::Synthetic);
         }
-        match s.split_once(':') {
-            Some(("cifar10" | "cifar100" | "stl10" | "folder", dir)) if !dir.is_empty() => {
-                bail!("dataset '{s}' is not supported yet (only 'synthetic')")
-            }
+        let (kind, dir) = match s.split_once(':') {
+            Some((kind, dir)) if !dir.is_empty() => (kind, PathBuf::from(dir)),
             _ => bail!("unknown dataset '{s}': expected one of {DATA_SPEC_FORMS}"),
-        }
+        };
+        Ok(match kind {
+            "cifar10" => Self::Cifar10(dir),
+            "cifar100" => Self::Cifar100(dir),
+            "stl10" => Self::Stl10(dir),
+            "folder" => Self::Folder(dir),
+            _ => bail!("unknown dataset '{s}': expected one of {DATA_SPEC_FORMS}"),
+        })
     }
 }
 
@@ -139,6 +128,10 @@ impl fmt::Display for DataSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Synthetic => f.write_str("synthetic"),
+            Self::Cifar10(dir) => write!(f, "cifar10:{}", dir.display()),
+            Self::Cifar100(dir) => write!(f, "cifar100:{}", dir.display()),
+            Self::Stl10(dir) => write!(f, "stl10:{}", dir.display()),
+            Self::Folder(dir) => write!(f, "folder:{}", dir.display()),
         }
     }
 }
@@ -157,21 +150,70 @@ impl From<DataSpec> for String {
     }
 }
 
-/// A train split (pre-training and the kNN feature bank) and a held-out test split.
-#[derive(Debug, Clone)]
-pub struct Splits {
-    /// Images SimCLR trains on (labels unused there).
-    pub train: ImageSet,
-    /// Held-out images, used only for evaluation.
-    pub test: ImageSet,
+impl DataSpec {
+    /// The share of the shorter side the evaluation transform keeps (centre crop, then resize):
+    /// the official 0.875 for photographs; none for the CIFAR-size sets, whose objects fill the
+    /// 32 px frame (as lightly and solo-learn evaluate CIFAR, and the synthetic shapes would
+    /// otherwise be cut).
+    pub fn eval_crop_fraction(&self) -> f64 {
+        match self {
+            Self::Synthetic | Self::Cifar10(_) | Self::Cifar100(_) => 1.0,
+            Self::Stl10(_) | Self::Folder(_) => 0.875,
+        }
+    }
 }
 
-/// Loads (or generates) the train and test splits named by `spec`; `seed` only matters for
-/// generated data.
+/// A labelled train split (the kNN feature bank, linear evaluation and fine-tuning), a
+/// held-out test split, and the unlabeled images some datasets add for pre-training.
+#[derive(Clone)]
+pub struct Splits {
+    /// Labelled training images.
+    pub train: Arc<dyn Dataset>,
+    /// Held-out images, used only for evaluation.
+    pub test: Arc<dyn Dataset>,
+    /// Extra unlabeled images (STL-10's 100,000), pre-training only.
+    pub unlabeled: Option<Arc<dyn Dataset>>,
+}
+
+impl Splits {
+    /// What SimCLR pre-trains on: the train split followed by the unlabeled images, if any.
+    pub fn pretraining(&self) -> Result<Arc<dyn Dataset>> {
+        Ok(match &self.unlabeled {
+            Some(extra) => Arc::new(Concat::new(vec![self.train.clone(), extra.clone()])?),
+            None => self.train.clone(),
+        })
+    }
+}
+
+/// Loads (or generates) the splits named by `spec`, refusing a malformed dataset with one line
+/// naming the path and what is wrong; `seed` only matters for generated data.
 pub fn load(spec: &DataSpec, seed: u64) -> Result<Splits> {
     match spec {
-        DataSpec::Synthetic => synthetic::generate(&synthetic::SyntheticConfig::default(), seed),
+        DataSpec::Synthetic => {
+            Ok(synthetic::generate(&synthetic::SyntheticConfig::default(), seed)?.into())
+        }
+        DataSpec::Cifar10(dir) => cifar::load(cifar::Variant::Cifar10, dir),
+        DataSpec::Cifar100(dir) => cifar::load(cifar::Variant::Cifar100, dir),
+        DataSpec::Stl10(dir) => stl10::load(dir),
+        DataSpec::Folder(dir) => folder::load(dir),
     }
+}
+
+/// The folder holding a dataset's files: `dir` itself or the sub-folder `archive_dir` its
+/// official archive unpacks into, whichever contains `marker`; else an error listing the
+/// `expected` files.
+fn locate_files(dir: &Path, archive_dir: &str, marker: &str, expected: &str) -> Result<PathBuf> {
+    ensure!(dir.is_dir(), "{}: no such directory", dir.display());
+    let nested = dir.join(archive_dir);
+    for candidate in [dir.to_path_buf(), nested] {
+        if candidate.join(marker).is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "{}: missing {marker} (expected the official binary files {expected}, here or in {archive_dir}/)",
+        dir.display()
+    )
 }
 
 /// Domain tags that keep the random streams of different uses of [`keyed_rng`] apart.
@@ -228,14 +270,20 @@ mod tests {
     }
 
     #[test]
-    fn real_datasets_are_named_as_not_yet_supported() {
-        for s in ["cifar10:/d", "cifar100:data/c", "stl10:x", "folder:imgs"] {
-            let err = s.parse::<DataSpec>().unwrap_err().to_string();
-            assert_eq!(
-                err,
-                format!("dataset '{s}' is not supported yet (only 'synthetic')")
-            );
+    fn real_dataset_specs_parse_and_round_trip() {
+        for s in [
+            "cifar10:/d",
+            "cifar100:data/c",
+            "stl10:x",
+            "folder:imgs/a:b",
+        ] {
+            let spec: DataSpec = s.parse().unwrap();
+            assert_eq!(spec.to_string(), s);
         }
+        assert_eq!(
+            "folder:imgs".parse::<DataSpec>().unwrap(),
+            DataSpec::Folder("imgs".into())
+        );
     }
 
     #[test]
@@ -255,24 +303,6 @@ mod tests {
                 "{err}"
             );
         }
-    }
-
-    #[test]
-    fn image_set_checks_sizes_and_labels() {
-        assert!(ImageSet::new(vec![0; 2 * 12], vec![0, 1], 2, 2, 2).is_ok());
-        let err = ImageSet::new(vec![0; 23], vec![0, 1], 2, 2, 2).unwrap_err();
-        assert!(err.to_string().contains("23 bytes"), "{err}");
-        let err = ImageSet::new(vec![0; 24], vec![0, 2], 2, 2, 2).unwrap_err();
-        assert!(err.to_string().contains("label 2"), "{err}");
-        let set = ImageSet::new((0..24).collect(), vec![0, 1], 2, 2, 2).unwrap();
-        assert_eq!(set.image(1), &(12..24).collect::<Vec<u8>>()[..]);
-        assert_eq!(set.clone().truncated(None), set);
-        assert_eq!(set.clone().truncated(Some(5)), set);
-        let one = set.truncated(Some(1));
-        assert_eq!(
-            (one.len(), one.images.len(), one.image(0)),
-            (1, 12, &[0u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11][..])
-        );
     }
 
     #[test]

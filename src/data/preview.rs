@@ -3,45 +3,37 @@
 //! (the same per-sample randomness). Written by `simclr augment` and to TensorBoard at the
 //! start of training.
 use super::augment::{augment_view, sample_rng, AugmentConfig};
-use super::resize::{resized_crop, to_u8, CropBox};
-use super::ImageSet;
+use super::loader::eval_view;
+use super::Dataset;
+use anyhow::Result;
 use image::{Rgb, RgbImage};
 
 /// Rows of `original | view 1 | view 2` for the first `count` images of `set` (fewer if the set
-/// is smaller), each tile `image_size` square.
+/// is smaller), each tile `image_size` square; the original is the whole image resized.
+/// Fails, naming the file, if one of those images cannot be read.
 pub fn augmentation_grid(
-    set: &ImageSet,
+    set: &dyn Dataset,
     cfg: &AugmentConfig,
     image_size: usize,
     seed: u64,
     count: usize,
-) -> RgbImage {
+) -> Result<RgbImage> {
     let rows = count.min(set.len());
     let s = image_size;
     let mut grid = RgbImage::new((3 * s) as u32, (rows * s) as u32);
     let mut tile = vec![0u8; s * s * 3];
     for i in 0..rows {
-        let full = CropBox::full(set.height, set.width);
-        to_u8(
-            &resized_crop(set.image(i), set.height, set.width, &full, s, s),
-            &mut tile,
-        );
+        let image = set.image(i)?;
+        eval_view(&image, s, 1.0, &mut tile);
         paste(&mut grid, &tile, s, 0, i);
         for view in 0..2 {
             let mut rng = sample_rng(seed, 0, i as u64, view as u64);
-            augment_view(
-                set.image(i),
-                set.height,
-                set.width,
-                s,
-                cfg,
-                &mut rng,
-                &mut tile,
-            );
+            let (h, w) = (image.height, image.width);
+            augment_view(&image.pixels, h, w, s, cfg, &mut rng, &mut tile);
             paste(&mut grid, &tile, s, 1 + view, i);
         }
     }
-    grid
+    Ok(grid)
 }
 
 /// Copies an `s`x`s` HWC tile into grid cell (`col`, `row`).
@@ -68,10 +60,10 @@ mod tests {
             0,
         )
         .expect("synthetic");
-        let grid = augmentation_grid(&splits.train, &AugmentConfig::default(), 32, 0, 4);
+        let grid = augmentation_grid(&splits.train, &AugmentConfig::default(), 32, 0, 4).unwrap();
         assert_eq!(grid.dimensions(), (96, 128));
         // At the native size the first tile of each row is the image itself.
-        let original = splits.train.image(1);
+        let original = splits.train.pixels(1);
         for (p, px) in original.chunks_exact(3).enumerate() {
             assert_eq!(
                 grid.get_pixel((p % 32) as u32, (32 + p / 32) as u32).0,

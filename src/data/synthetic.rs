@@ -35,6 +35,7 @@
 //! test split is held out.
 
 use std::f32::consts::{FRAC_PI_4, PI};
+use std::sync::Arc;
 
 use anyhow::{ensure, Result};
 use rand::Rng;
@@ -67,14 +68,31 @@ impl Default for SyntheticConfig {
     }
 }
 
+/// Both generated splits, held in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticSets {
+    pub train: ImageSet,
+    pub test: ImageSet,
+}
+
+impl From<SyntheticSets> for Splits {
+    fn from(sets: SyntheticSets) -> Self {
+        Splits {
+            train: Arc::new(sets.train),
+            test: Arc::new(sets.test),
+            unlabeled: None,
+        }
+    }
+}
+
 /// Generates both splits for `seed` (train and test from different random streams).
-pub fn generate(cfg: &SyntheticConfig, seed: u64) -> Result<Splits> {
+pub fn generate(cfg: &SyntheticConfig, seed: u64) -> Result<SyntheticSets> {
     ensure!(
         cfg.image_size >= 8,
         "synthetic data: image_size {} is too small to draw shapes (minimum 8)",
         cfg.image_size
     );
-    Ok(Splits {
+    Ok(SyntheticSets {
         train: generate_split(cfg.train_size, cfg.image_size, seed, 0)?,
         test: generate_split(cfg.test_size, cfg.image_size, seed, 1)?,
     })
@@ -213,8 +231,9 @@ fn contrasting_colours(rng: &mut Pcg64Mcg) -> ([f32; 3], [f32; 3]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Dataset;
 
-    fn small(seed: u64) -> Splits {
+    fn small(seed: u64) -> SyntheticSets {
         let cfg = SyntheticConfig {
             train_size: 1000,
             test_size: 100,
@@ -229,7 +248,7 @@ mod tests {
         assert_eq!(a.train, b.train);
         assert_eq!(a.test, b.test);
         assert_ne!(a.train.images, c.train.images);
-        assert_ne!(a.train.image(0), a.test.image(0));
+        assert_ne!(a.train.pixels(0), a.test.pixels(0));
     }
 
     #[test]
@@ -252,7 +271,7 @@ mod tests {
         // Both colours must be visible: the class is in the boundary between them.
         let s = small(2);
         for i in 0..s.train.len() {
-            let img = s.train.image(i);
+            let img = s.train.pixels(i);
             let l: Vec<f32> = img
                 .chunks_exact(3)
                 .map(|p| 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32)
@@ -294,7 +313,7 @@ mod tests {
             n[k] += 1.0;
             for c in 0..3 {
                 let m = s
-                    .image(i)
+                    .pixels(i)
                     .iter()
                     .skip(c)
                     .step_by(3)

@@ -1,7 +1,8 @@
 //! Representations h of a whole split under the evaluation transform (encoder in eval mode),
 //! and an on-disk cache of them keyed by checkpoint content and dataset, so that repeated
 //! evaluations of the same checkpoint skip the encoder.
-use crate::data::{loader::eval_batches, DataSpec, ImageSet};
+use crate::data::loader::{eval_batches, EvalTransform};
+use crate::data::{DataSpec, Dataset};
 use crate::eval::linear::Split;
 use crate::model::resnet::ResNet;
 use anyhow::{Context, Result};
@@ -11,22 +12,23 @@ use tch::{Device, Kind, Tensor};
 
 const BATCH: usize = 256;
 
-/// h of every image of `set`, in order; with `flip`, followed by h of every mirrored image
-/// (labels repeated), the optional flip augmentation of linear evaluation.
+/// h of every readable image of `set`, in order; with `flip`, followed by h of every mirrored
+/// image (labels repeated), the optional flip augmentation of linear evaluation.
 ///
 /// # Shapes
 /// -> features `[N, D]` (or `[2N, D]`) f32 and labels `[N]` (or `[2N]`) i64, on `device`.
 pub fn representations(
     encoder: &ResNet,
-    set: &ImageSet,
-    image_size: usize,
+    set: &dyn Dataset,
+    transform: EvalTransform,
     device: Device,
     flip: bool,
 ) -> Split {
     tch::no_grad(|| {
         let mut feats = Vec::new();
         let mut labels = Vec::new();
-        for (x, y) in eval_batches(set, image_size, BATCH, device) {
+        for batch in eval_batches(set, transform, BATCH, device) {
+            let (x, y) = (batch.images, batch.labels);
             feats.push(encoder.forward_t(&x, false).to_kind(Kind::Float));
             if flip {
                 feats.push(encoder.forward_t(&x.flip([3]), false).to_kind(Kind::Float));
@@ -90,18 +92,15 @@ pub fn load_cached(path: &Path, device: Device) -> Option<(Split, Split)> {
 
 /// Writes (train, test) features to the cache (atomically: a temporary file renamed).
 pub fn store_cached(path: &Path, train: &Split, test: &Split) -> Result<()> {
-    let dir = path.parent().context("cache path has a parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("pt.tmp");
     let named = [
         ("train.features", &train.features),
         ("train.labels", &train.labels),
         ("test.features", &test.features),
         ("test.labels", &test.labels),
-    ];
-    Tensor::save_multi(&named, &tmp)
-        .with_context(|| format!("writing feature cache {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+    ]
+    .map(|(name, t)| (name.to_string(), t.shallow_clone()));
+    crate::checkpoint::write_tensors_atomically(&named, path)
+        .with_context(|| format!("writing feature cache {}", path.display()))
 }
 
 #[cfg(test)]

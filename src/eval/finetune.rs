@@ -10,8 +10,8 @@
 //! with cosine decay, no weight decay, crop + flip only; each step trains on the two augmented
 //! views the loader makes of every image (so 2B examples a step).
 use crate::data::augment::AugmentConfig;
-use crate::data::loader::{eval_batches, LoaderConfig, TwoViewLoader};
-use crate::data::ImageSet;
+use crate::data::loader::{eval_batches, EvalTransform, LoaderConfig, TwoViewLoader};
+use crate::data::{Dataset, Subset};
 use crate::model::SimClr;
 use crate::optim::{LrScaling, OptimConfig, Optimizer, OptimizerKind, Schedule};
 use anyhow::{bail, Result};
@@ -62,23 +62,14 @@ pub fn label_subset(
     Ok(chosen)
 }
 
-/// The images of `set` at `indices`, as a new set.
-fn subset(set: &ImageSet, indices: &[usize]) -> Result<ImageSet> {
-    let images = indices
-        .iter()
-        .flat_map(|&i| set.image(i).iter().copied())
-        .collect();
-    let labels = indices.iter().map(|&i| set.labels[i]).collect();
-    ImageSet::new(images, labels, set.height, set.width, set.num_classes)
-}
-
 /// How fine-tuning runs.
 #[derive(Debug, Clone)]
 pub struct FinetuneConfig {
     /// Where the classifier sits: 0 = on h; K = after K projection-head layers, which are
     /// fine-tuned too (SimCLRv2 fine-tunes from the middle layer of its 3-layer head: K = 1).
     pub head_layer: usize,
-    pub image_size: usize,
+    /// Input transform of the test split (its size is also the training views' size).
+    pub transform: EvalTransform,
     pub epochs: usize,
     /// Labelled images per step (capped at the subset's size).
     pub batch_size: usize,
@@ -91,16 +82,17 @@ pub struct FinetuneConfig {
 pub fn finetune(
     vs: &VarStore,
     model: &SimClr,
-    train: &ImageSet,
-    test: &ImageSet,
+    train: Arc<dyn Dataset>,
+    test: &dyn Dataset,
     indices: &[usize],
     cfg: &FinetuneConfig,
 ) -> Result<FinetuneResult> {
     model.check_head_layer(cfg.head_layer)?;
-    let (image_size, epochs, seed) = (cfg.image_size, cfg.epochs, cfg.seed);
+    let (image_size, epochs, seed) = (cfg.transform.image_size, cfg.epochs, cfg.seed);
+    let num_classes = train.num_classes();
     let device = vs.device();
     let represent = |x: &Tensor, train: bool| model.representation(x, cfg.head_layer, train);
-    let labelled = Arc::new(subset(train, indices)?);
+    let labelled: Arc<dyn Dataset> = Arc::new(Subset::new(train, indices.to_vec())?);
     let batch_size = cfg.batch_size.min(labelled.len());
     if batch_size < 2 {
         bail!(
@@ -116,7 +108,7 @@ pub fn finetune(
     let classifier = nn::linear(
         &vs.root() / "finetune" / "fc",
         width,
-        train.num_classes as i64,
+        num_classes as i64,
         Default::default(),
     );
     // Crops and flips only, as the paper fine-tunes.
@@ -133,6 +125,7 @@ pub fn finetune(
         seed,
         rank: 0,
         world_size: 1,
+        max_skipped_fraction: 1.0, // an unreadable image is replaced and counted, never fatal here
     };
     let loader = TwoViewLoader::new(labelled.clone(), augment, loader_cfg, device)?;
     let optim_cfg = OptimConfig {
@@ -153,7 +146,8 @@ pub fn finetune(
     let mut step = 0;
     for epoch in 0..epochs as u64 {
         for batch in loader.epoch(epoch, 0) {
-            let labels: Vec<i64> = batch.indices.iter().map(|&i| labelled.labels[i]).collect();
+            let batch = batch?;
+            let labels: Vec<i64> = batch.indices.iter().map(|&i| labelled.label(i)).collect();
             let labels = Tensor::from_slice(&labels).to_device(device);
             let [view1, view2] = batch.views;
             let x = Tensor::cat(&[view1, view2], 0); // [2B, 3, S, S]
@@ -171,7 +165,7 @@ pub fn finetune(
         &|x| represent(x, false),
         &classifier,
         test,
-        image_size,
+        cfg.transform,
         device,
     );
     Ok(FinetuneResult {
@@ -186,20 +180,22 @@ pub fn finetune(
 fn evaluate(
     represent: &dyn Fn(&Tensor) -> Tensor,
     classifier: &nn::Linear,
-    test: &ImageSet,
-    image_size: usize,
+    test: &dyn Dataset,
+    transform: EvalTransform,
     device: Device,
 ) -> (f64, f64) {
     tch::no_grad(|| {
-        let (mut top1, mut top5) = (0i64, 0i64);
-        for (x, y) in eval_batches(test, image_size, 256, device) {
+        let (mut top1, mut top5, mut n) = (0i64, 0i64, 0usize);
+        for batch in eval_batches(test, transform, 256, device) {
+            let (x, y) = (batch.images, batch.labels);
+            n += batch.indices.len();
             let logits = represent(&x).apply(classifier);
             let k = 5.min(logits.size()[1]);
             let hits = logits.topk(k, 1, true, true).1.eq_tensor(&y.unsqueeze(1)); // [b, k]
             top1 += hits.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]);
             top5 += hits.any_dim(1, false).sum(Kind::Int64).int64_value(&[]);
         }
-        let n = test.len().max(1) as f64;
+        let n = n.max(1) as f64;
         (top1 as f64 / n, top5 as f64 / n)
     })
 }

@@ -2,7 +2,8 @@
 //! used by lightly, solo-learn and InstDisc (Wu et al. 2018): the train split is the feature
 //! bank, each test image votes with its k most similar bank entries, weighted by exp(sim/T).
 //! Cheap enough to run during training, and a faithful trend of linear-probe accuracy.
-use crate::data::ImageSet;
+use crate::data::loader::EvalTransform;
+use crate::data::Dataset;
 use crate::eval::features::representations;
 use crate::model::resnet::ResNet;
 use tch::{Device, Kind, Tensor};
@@ -17,16 +18,18 @@ const QUERY_BATCH: i64 = 256;
 /// -> (features `[N, D]` f32, labels `[N]` i64), on `device`.
 pub fn features(
     encoder: &ResNet,
-    set: &ImageSet,
-    image_size: usize,
+    set: &dyn Dataset,
+    transform: EvalTransform,
     device: Device,
 ) -> (Tensor, Tensor) {
-    let split = representations(encoder, set, image_size, device, false);
-    let h = split.features;
-    (
-        &h / h.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12),
-        split.labels,
-    )
+    let split = representations(encoder, set, transform, device, false);
+    (unit_rows(&split.features), split.labels)
+}
+
+/// Each row of `h` scaled to unit L2 norm (zero rows stay zero).
+pub fn unit_rows(h: &Tensor) -> Tensor {
+    let h = h.to_kind(Kind::Float);
+    &h / h.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12)
 }
 
 /// Top-1 accuracy of weighted kNN: each query takes the `k` most cosine-similar bank rows,
@@ -70,20 +73,20 @@ pub fn weighted_knn_top1(
 /// kNN top-1 of `encoder`'s representation: `train` as the bank, `test` queried.
 pub fn monitor(
     encoder: &ResNet,
-    train: &ImageSet,
-    test: &ImageSet,
-    image_size: usize,
+    train: &dyn Dataset,
+    test: &dyn Dataset,
+    transform: EvalTransform,
     k: usize,
     device: Device,
 ) -> f64 {
-    let (bank, bank_labels) = features(encoder, train, image_size, device);
-    let (queries, query_labels) = features(encoder, test, image_size, device);
+    let (bank, bank_labels) = features(encoder, train, transform, device);
+    let (queries, query_labels) = features(encoder, test, transform, device);
     weighted_knn_top1(
         &bank,
         &bank_labels,
         &queries,
         &query_labels,
-        train.num_classes as i64,
+        train.num_classes() as i64,
         k as i64,
         KNN_TEMPERATURE,
     )
