@@ -2,7 +2,9 @@
 //! `--json` prints one JSON object as the last line of stdout; human text goes to stderr.
 use crate::checkpoint;
 use crate::config::{Config, DeviceChoice, Precision};
+use crate::data::augment::AugmentConfig;
 use crate::data::loader::EvalTransform;
+use crate::data::resize::ResizeFilter;
 use crate::data::DataSpec;
 use crate::eval::{features, finetune, knn, linear};
 use crate::export;
@@ -60,12 +62,14 @@ enum Command {
         /// Side of the views in pixels.
         #[arg(long, default_value_t = 32)]
         image_size: usize,
-        /// Augmentation settings from this configuration file [default: the defaults].
+        /// Augmentation settings from this configuration file, under the flags below [default: the defaults].
         #[arg(long)]
         config: Option<PathBuf>,
         /// Seed of the views (the same views as epoch 0 of a run with this seed).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        #[command(flatten)]
+        augment: AugmentArgs,
     },
     /// Measure throughput (the figures of README's Performance section).
     #[command(subcommand)]
@@ -334,6 +338,8 @@ struct TrainArgs {
     /// Forward/backward precision; the loss is always f32 [default: fp32].
     #[arg(long, group = "overrides", value_enum)]
     precision: Option<Precision>,
+    #[command(flatten)]
+    augment: AugmentArgs,
     /// Print a JSON summary as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -393,7 +399,110 @@ impl TrainArgs {
         cfg.run.skip_nonfinite |= self.skip_nonfinite;
         set(&mut cfg.run.device, &self.device);
         set(&mut cfg.run.precision, &self.precision);
+        self.augment.apply(&mut cfg.data.augment);
+        // "auto" settings written out, so config.json shows what the run does.
+        cfg.data.augment = cfg.data.augment.resolved(cfg.data.image_size);
         cfg
+    }
+}
+
+/// The augmentation flags of `simclr train` and `simclr augment`; each overrides the same
+/// field of `data.augment` (SimCLR Appendix A). Values are checked as they are parsed, so an
+/// error names the flag.
+#[derive(Args)]
+#[group(id = "augment_overrides", multiple = true)]
+struct AugmentArgs {
+    /// Smallest crop area as a fraction of the image [default: 0.08].
+    #[arg(long, value_parser = positive_fraction, allow_negative_numbers = true)]
+    crop_scale_min: Option<f64>,
+    /// Largest crop area as a fraction of the image [default: 1.0].
+    #[arg(long, value_parser = positive_fraction, allow_negative_numbers = true)]
+    crop_scale_max: Option<f64>,
+    /// Resize filter of the crop (the official code uses bicubic) [default: bilinear].
+    #[arg(long, value_enum)]
+    resize_filter: Option<ResizeFilter>,
+    /// Probability of a horizontal flip [default: 0.5].
+    #[arg(long, value_parser = probability, allow_negative_numbers = true)]
+    flip_prob: Option<f64>,
+    /// Colour strength s: brightness, contrast, saturation 0.8 s, hue 0.2 s (ImageNet 1.0,
+    /// CIFAR 0.5) [default: 0.5].
+    #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
+    jitter_strength: Option<f64>,
+    /// Probability of the colour jitter [default: 0.8].
+    #[arg(long, value_parser = probability, allow_negative_numbers = true)]
+    jitter_prob: Option<f64>,
+    /// Probability of grayscale [default: 0.2].
+    #[arg(long, value_parser = probability, allow_negative_numbers = true)]
+    grayscale_prob: Option<f64>,
+    /// Probability of the Gaussian blur, or auto: 0.5 for views >= 96 px, 0 below (on for
+    /// ImageNet, off for CIFAR) [default: auto].
+    #[arg(long, value_parser = auto_or_probability, value_name = "P|auto", allow_negative_numbers = true)]
+    blur_prob: Option<AutoOr>,
+    /// Smallest standard deviation of the blur in view pixels [default: 0.1].
+    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
+    blur_sigma_min: Option<f64>,
+    /// Largest standard deviation of the blur in view pixels [default: 2.0].
+    #[arg(long, value_parser = positive, allow_negative_numbers = true)]
+    blur_sigma_max: Option<f64>,
+}
+
+/// A flag value that is a number or "auto" (`None`).
+#[derive(Clone, Copy)]
+struct AutoOr(Option<f64>);
+
+impl AugmentArgs {
+    /// Sets every given flag's field of `cfg`.
+    fn apply(&self, cfg: &mut AugmentConfig) {
+        let set = |field: &mut f64, flag: Option<f64>| {
+            if let Some(v) = flag {
+                *field = v;
+            }
+        };
+        set(&mut cfg.crop_scale_min, self.crop_scale_min);
+        set(&mut cfg.crop_scale_max, self.crop_scale_max);
+        set(&mut cfg.flip_prob, self.flip_prob);
+        set(&mut cfg.jitter_strength, self.jitter_strength);
+        set(&mut cfg.jitter_prob, self.jitter_prob);
+        set(&mut cfg.grayscale_prob, self.grayscale_prob);
+        set(&mut cfg.blur_sigma_min, self.blur_sigma_min);
+        set(&mut cfg.blur_sigma_max, self.blur_sigma_max);
+        if let Some(AutoOr(p)) = self.blur_prob {
+            cfg.blur_prob = p;
+        }
+        if let Some(filter) = self.resize_filter {
+            cfg.resize_filter = filter;
+        }
+    }
+}
+
+/// Parses a finite number that satisfies `ok`, else says it is not `what`.
+fn number_where(s: &str, ok: fn(f64) -> bool, what: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && ok(v) => Ok(v),
+        _ => Err(format!("{s} is not {what}")),
+    }
+}
+
+fn probability(s: &str) -> Result<f64, String> {
+    number_where(s, |v| (0.0..=1.0).contains(&v), "a probability in [0, 1]")
+}
+
+fn positive_fraction(s: &str) -> Result<f64, String> {
+    number_where(s, |v| v > 0.0 && v <= 1.0, "a fraction in (0, 1]")
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    number_where(s, |v| v >= 0.0, "a number >= 0")
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    number_where(s, |v| v > 0.0, "a number > 0")
+}
+
+fn auto_or_probability(s: &str) -> Result<AutoOr, String> {
+    match s {
+        "auto" => Ok(AutoOr(None)),
+        _ => probability(s).map(|p| AutoOr(Some(p))),
     }
 }
 
@@ -427,7 +536,17 @@ pub fn run() -> Result<ExitCode> {
             image_size,
             config,
             seed,
-        } => augment_command(&data, &out, count, image_size, config.as_deref(), seed).map(|_| done),
+            augment,
+        } => augment_command(
+            &data,
+            &out,
+            count,
+            image_size,
+            config.as_deref(),
+            seed,
+            &augment,
+        )
+        .map(|_| done),
         Command::Export {
             checkpoint,
             format,
@@ -697,11 +816,13 @@ fn augment_command(
     image_size: usize,
     config: Option<&Path>,
     seed: u64,
+    flags: &AugmentArgs,
 ) -> Result<()> {
-    let augment = match config {
+    let mut augment = match config {
         Some(path) => Config::from_file(path)?.data.augment,
-        None => Default::default(),
+        None => AugmentConfig::default(),
     };
+    flags.apply(&mut augment);
     augment.validate()?;
     if count == 0 || image_size < 8 {
         anyhow::bail!("--count must be >= 1 and --image-size >= 8, got {count} and {image_size}");
@@ -789,4 +910,95 @@ fn default_run_dir() -> PathBuf {
         rem % 3600 / 60,
         rem % 60
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train_config(args: &[&str]) -> Config {
+        let cli = Cli::try_parse_from([&["simclr", "train"], args].concat()).expect("parses");
+        match cli.command {
+            Command::Train(train) => train.apply(Config::default()),
+            _ => unreachable!("a train command"),
+        }
+    }
+
+    fn parse_error(args: &[&str]) -> String {
+        match Cli::try_parse_from([&["simclr"], args].concat()) {
+            Ok(_) => panic!("{args:?} parsed"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn augment_flags_override_the_config_and_auto_blur_is_resolved() {
+        let defaults = train_config(&[]).data.augment;
+        assert_eq!(defaults.blur_prob, Some(0.0), "auto at the default 32 px");
+        assert_eq!(
+            train_config(&["--image-size", "96"]).data.augment.blur_prob,
+            Some(0.5)
+        );
+        let cfg = train_config(&[
+            "--crop-scale-min",
+            "0.2",
+            "--crop-scale-max",
+            "0.9",
+            "--flip-prob",
+            "0.3",
+            "--jitter-strength",
+            "1.0",
+            "--jitter-prob",
+            "0.7",
+            "--grayscale-prob",
+            "0.1",
+            "--blur-prob",
+            "0.4",
+            "--blur-sigma-min",
+            "0.5",
+            "--blur-sigma-max",
+            "1.5",
+            "--resize-filter",
+            "bicubic",
+        ])
+        .data
+        .augment;
+        assert_eq!(
+            cfg,
+            AugmentConfig {
+                crop_scale_min: 0.2,
+                crop_scale_max: 0.9,
+                flip_prob: 0.3,
+                jitter_strength: 1.0,
+                jitter_prob: 0.7,
+                grayscale_prob: 0.1,
+                blur_prob: Some(0.4),
+                blur_sigma_min: 0.5,
+                blur_sigma_max: 1.5,
+                resize_filter: ResizeFilter::Bicubic,
+            }
+        );
+        let auto = train_config(&["--blur-prob", "auto", "--image-size", "224"]);
+        assert_eq!(auto.data.augment.blur_prob, Some(0.5));
+    }
+
+    #[test]
+    fn bad_augment_values_name_the_flag_and_value() {
+        for (flag, value) in [
+            ("--flip-prob", "1.5"),
+            ("--blur-prob", "sometimes"),
+            ("--crop-scale-min", "0"),
+            ("--jitter-strength", "-1"),
+            ("--blur-sigma-max", "inf"),
+        ] {
+            let err = parse_error(&["train", flag, value]);
+            let first = err.lines().next().unwrap_or_default();
+            assert!(
+                first.contains(flag) && first.contains(value),
+                "{flag} {value}: {err}"
+            );
+        }
+        let err = parse_error(&["augment", "--out", "x.png", "--grayscale-prob", "2"]);
+        assert!(err.contains("--grayscale-prob"), "{err}");
+    }
 }

@@ -43,7 +43,7 @@ use rayon::ThreadPool;
 use tch::{Device, Kind, Tensor};
 
 use super::augment::{self, AugmentConfig};
-use super::resize::{resized_crop, to_u8, CropBox};
+use super::resize::ResizeFilter;
 use super::{domain, keyed_rng, Dataset, Image};
 
 /// Unreadable images reported on stderr by one loader; later ones are only counted.
@@ -394,25 +394,6 @@ fn to_device_nchw(pixels: &Tensor, device: Device) -> Tensor {
     out
 }
 
-/// The evaluation transform of one image into `out` (`size * size * 3` bytes): the centred
-/// square of `crop_fraction` of the shorter side, resized to `size` (antialiased bilinear;
-/// exactly the identity for a whole image already of that size).
-pub fn eval_view(image: &Image<'_>, size: usize, crop_fraction: f64, out: &mut [u8]) {
-    let (h, w) = (image.height, image.width);
-    let side = ((h.min(w) as f64 * crop_fraction).round() as usize).clamp(1, h.min(w));
-    let crop = if crop_fraction >= 1.0 {
-        CropBox::full(h, w)
-    } else {
-        CropBox {
-            top: (h - side) / 2,
-            left: (w - side) / 2,
-            height: side,
-            width: side,
-        }
-    };
-    to_u8(&resized_crop(&image.pixels, h, w, &crop, size, size), out);
-}
-
 /// The deterministic input transform of every evaluation: view size and centre-crop share.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalTransform {
@@ -442,9 +423,8 @@ pub struct EvalBatch {
     pub indices: Vec<usize>,
 }
 
-/// The evaluation transform over `set`, in order, last partial batch included, images decoded
-/// in parallel (rayon's global pool). With `crop_fraction` 1 each image is resized as a whole
-/// (the CIFAR-size sets); otherwise its centre crop is (see [`super::DataSpec::eval_crop_fraction`]).
+/// The evaluation transform ([`augment::eval_view`], antialiased bilinear) over `set`, in order,
+/// last partial batch included, images decoded in parallel (rayon's global pool).
 /// An unreadable image is left out of its batch (reported on stderr) rather than stopping an
 /// evaluation.
 ///
@@ -472,7 +452,17 @@ pub fn eval_batches<'a>(
             .map(|i| match set.image(i) {
                 Ok(image) => {
                     let mut out = vec![0u8; bytes];
-                    eval_view(&image, image_size, crop_fraction, &mut out);
+                    let (h, w) = (image.height, image.width);
+                    let filter = ResizeFilter::Bilinear;
+                    augment::eval_view(
+                        &image.pixels,
+                        h,
+                        w,
+                        image_size,
+                        crop_fraction,
+                        filter,
+                        &mut out,
+                    );
                     Some(out)
                 }
                 Err(e) => {
@@ -684,28 +674,6 @@ mod tests {
             .next()
             .unwrap();
         assert_eq!(small.images.size(), [4, 3, 16, 16]);
-    }
-
-    #[test]
-    fn eval_crop_keeps_the_centre_of_the_shorter_side() {
-        // A 4x8 image whose centre 2x2 (fraction 0.5 of the shorter side) is white.
-        let mut pixels = vec![0u8; 4 * 8 * 3];
-        for (y, x) in [(1, 3), (1, 4), (2, 3), (2, 4)] {
-            pixels[(y * 8 + x) * 3..][..3].fill(255);
-        }
-        let image = Image {
-            pixels: pixels.into(),
-            height: 4,
-            width: 8,
-        };
-        let mut out = vec![0u8; 2 * 2 * 3];
-        eval_view(&image, 2, 0.5, &mut out);
-        assert_eq!(out, [255; 12]);
-        eval_view(&image, 2, 1.0, &mut out);
-        assert!(
-            out.iter().all(|&v| v < 255),
-            "the whole image is resized: {out:?}"
-        );
     }
 
     /// A dataset whose images at `bad` cannot be read.

@@ -2,14 +2,13 @@
 //! view size) followed by its two augmented views, exactly as the loader makes them in epoch 0
 //! (the same per-sample randomness). Written by `simclr augment` and to TensorBoard at the
 //! start of training.
-use super::augment::{augment_view, sample_rng, AugmentConfig};
-use super::loader::eval_view;
+use super::augment::{augment_view, eval_view, sample_rng, AugmentConfig};
 use super::Dataset;
 use anyhow::Result;
 use image::{Rgb, RgbImage};
 
 /// Rows of `original | view 1 | view 2` for the first `count` images of `set` (fewer if the set
-/// is smaller), each tile `image_size` square; the original is the whole image resized.
+/// is smaller), each tile `image_size` square; the original is the centre square of the image.
 /// Fails, naming the file, if one of those images cannot be read.
 pub fn augmentation_grid(
     set: &dyn Dataset,
@@ -24,11 +23,11 @@ pub fn augmentation_grid(
     let mut tile = vec![0u8; s * s * 3];
     for i in 0..rows {
         let image = set.image(i)?;
-        eval_view(&image, s, 1.0, &mut tile);
+        let (h, w) = (image.height, image.width);
+        eval_view(&image.pixels, h, w, s, 1.0, cfg.resize_filter, &mut tile);
         paste(&mut grid, &tile, s, 0, i);
         for view in 0..2 {
             let mut rng = sample_rng(seed, 0, i as u64, view as u64);
-            let (h, w) = (image.height, image.width);
             augment_view(&image.pixels, h, w, s, cfg, &mut rng, &mut tile);
             paste(&mut grid, &tile, s, 1 + view, i);
         }

@@ -111,10 +111,11 @@ pub fn finetune(
         num_classes as i64,
         Default::default(),
     );
-    // Crops and flips only, as the paper fine-tunes.
+    // Crops and flips only, as the paper fine-tunes (no blur, whatever the image size).
     let augment = AugmentConfig {
         jitter_prob: 0.0,
         grayscale_prob: 0.0,
+        blur_prob: Some(0.0),
         ..AugmentConfig::default()
     };
     let loader_cfg = LoaderConfig {
