@@ -125,6 +125,8 @@ struct BenchLoaderArgs {
     /// Augmentation settings from this configuration file [default: the defaults].
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    augment: AugmentArgs,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -777,10 +779,13 @@ fn finetune_command(args: &FinetuneArgs) -> Result<()> {
 }
 
 fn bench_loader(args: &BenchLoaderArgs) -> Result<()> {
-    let augment = match &args.config {
+    let mut augment = match &args.config {
         Some(path) => Config::from_file(path)?.data.augment,
         None => Default::default(),
     };
+    args.augment.apply(&mut augment);
+    let augment = augment.resolved(args.image_size);
+    eprintln!("augmentation: {}", serde_json::to_string(&augment)?);
     let bench = crate::bench::loader::LoaderBench {
         data: args.data.clone(),
         workers: args.workers,

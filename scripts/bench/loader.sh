@@ -25,9 +25,6 @@ cargo build --release --quiet
 data=${SIMCLR_BENCH_DATA:-$root/target/bench-data}
 echo "making benchmark data in $data (once)" >&2
 .venv/bin/python3 scripts/bench/make_data.py "$data"
-blur_config=$(mktemp --suffix .json)
-trap 'rm -f "$blur_config"' EXIT
-echo '{"data": {"augment": {"blur_prob": 0.5}}}' >"$blur_config"
 
 simclr=target/release/simclr
 torchvision=(.venv/bin/python3 scripts/bench/loader_torchvision.py)
@@ -40,8 +37,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 case_() {
   local label=$1 spec=$2 size=$3 batch=$4 batches=$5 blur=$6 rust=() tv=()
   local common=(--data "$spec" --workers "$workers" --batch-size "$batch" --image-size "$size" --batches "$batches" --json)
-  local rust_extra=() tv_extra=(--blur-prob "$blur")
-  [ "$blur" != 0 ] && rust_extra=(--config "$blur_config")
+  local rust_extra=(--blur-prob "$blur") tv_extra=(--blur-prob "$blur")
   for _ in $(seq "$reps"); do
     rust+=("$("$simclr" bench loader "${common[@]}" "${rust_extra[@]}" 2>/dev/null | field images_per_sec)")
     tv+=("$("${torchvision[@]}" "${common[@]}" "${tv_extra[@]}" 2>/dev/null | field images_per_sec)")
