@@ -31,8 +31,12 @@ void wait_for(SimclrGroup& group, const c10::intrusive_ptr<c10d::Work>& work, co
       throw std::runtime_error("did not complete");
     }
   } catch (const std::exception& e) {
-    throw std::runtime_error(std::string(what) + " failed (a peer rank died, hangs or left): " +
-                             e.what());
+    // c10::Error's what() carries a C++ backtrace: the message alone makes the one-line error.
+    const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+    throw std::runtime_error(std::string(what) + " failed within the " +
+                             std::to_string(group.timeout.count() / 1000) +
+                             " s timeout (a peer rank died, hangs or left): " +
+                             (c10_error ? c10_error->what_without_backtrace() : e.what()));
   }
 }
 #endif
