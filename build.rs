@@ -37,6 +37,8 @@ fn main() {
         .cpp(true)
         .file("src/csrc/shim.cpp")
         .file("src/csrc/additive_similarity.cpp")
+        .file("src/csrc/dist.cpp")
+        .file("src/csrc/sync_batch_norm.cpp")
         .flag("-std=c++17")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .include(&include)

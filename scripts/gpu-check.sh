@@ -2,7 +2,8 @@
 # One prepared check for a GPU machine (see README, "GPU check"). Build here first
 # (`cargo build --release`), carry target/release/simclr, and run this there: it uses that
 # machine's own torch libraries, prints `simclr info`, then trains the default model for a few
-# epochs on CUDA in fp32 and in bf16 and prints the throughput of each.
+# epochs on CUDA in fp32 and in bf16, then one epoch through the data-parallel path at world
+# size 1 (NCCL, sync BN, global negatives, bf16), and prints the throughput of each.
 # Usage: scripts/gpu-check.sh [path/to/simclr]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +23,10 @@ for precision in fp32 bf16; do
     --knn-every 0 --json | tail -n 1
   grep '"train/images_per_sec"' "$out/$precision/metrics.jsonl" | tail -n 1
 done
+
+# The data-parallel CUDA path at world size 1: NCCL process group, synchronized batch norm,
+# global negatives through the differentiable all-gather, gradient buckets, in bf16.
+echo "== train: --nproc-per-node 1 (NCCL), --sync-bn, global negatives, bf16, 1 epoch"
+"$bin" train --out "$out/nccl" --nproc-per-node 1 --sync-bn --device cuda --precision bf16 \
+  --epochs 1 --knn-every 0 --json | tail -n 1
+grep '"train/images_per_sec"' "$out/nccl/metrics.jsonl" | tail -n 1

@@ -6,6 +6,7 @@ use crate::data::augment::AugmentConfig;
 use crate::data::loader::EvalTransform;
 use crate::data::resize::ResizeFilter;
 use crate::data::DataSpec;
+use crate::dist::{launcher, ProcessGroup, Rendezvous};
 use crate::eval::{features, finetune, knn, linear};
 use crate::export;
 use crate::interrupt::StopRequest;
@@ -18,8 +19,11 @@ use crate::train::{self, Outcome};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -342,6 +346,32 @@ struct TrainArgs {
     precision: Option<Precision>,
     #[command(flatten)]
     augment: AugmentArgs,
+    /// Data parallel: batch norm over the global batch [default: on with more than one rank].
+    #[arg(long, group = "overrides", num_args = 0..=1, default_missing_value = "true")]
+    sync_bn: Option<bool>,
+    /// Data parallel: every rank's projections are negatives for all anchors [default: true].
+    #[arg(long, group = "overrides", num_args = 0..=1, default_missing_value = "true")]
+    global_negatives: Option<bool>,
+    /// Start this many worker processes on this node, one per GPU (CPU processes with Gloo
+    /// under --device cpu); --batch-size is per process [default: one process, no launcher].
+    #[arg(long)]
+    nproc_per_node: Option<usize>,
+    /// Nodes of a multi-node run (start the same command on each, with its --node-rank).
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    /// This node's index in 0..--nnodes.
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Address of node 0, where rank 0 serves the rendezvous store.
+    #[arg(long, default_value = "127.0.0.1")]
+    master_addr: String,
+    /// Port of the rendezvous store [default: a free port; required with --nnodes > 1].
+    #[arg(long)]
+    master_port: Option<u16>,
+    /// Seconds a collective (or the rendezvous) may wait for the other ranks before the run
+    /// fails, naming the rank.
+    #[arg(long, default_value_t = 600)]
+    dist_timeout: u64,
     /// Print a JSON summary as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -404,6 +434,10 @@ impl TrainArgs {
         self.augment.apply(&mut cfg.data.augment);
         // "auto" settings written out, so config.json shows what the run does.
         cfg.data.augment = cfg.data.augment.resolved(cfg.data.image_size);
+        if self.sync_bn.is_some() {
+            cfg.run.sync_bn = self.sync_bn;
+        }
+        set(&mut cfg.run.global_negatives, &self.global_negatives);
         cfg
     }
 }
@@ -583,6 +617,12 @@ fn info(as_json: bool) -> Result<()> {
 }
 
 fn train_command(args: &TrainArgs) -> Result<ExitCode> {
+    // A launcher (this one, torchrun, a Slurm script) started this process as a worker; or
+    // this process is to start the workers (which is all it does).
+    let worker = launcher::worker_env()?;
+    if worker.is_none() && (args.nproc_per_node.is_some() || args.nnodes > 1) {
+        return launch(args);
+    }
     let (cfg, run_dir, resume) = match &args.resume {
         Some(dir) => {
             let ckpt = checkpoint::load_latest(dir, tch::Device::Cpu)
@@ -607,15 +647,20 @@ fn train_command(args: &TrainArgs) -> Result<ExitCode> {
         }
     };
     let stop = StopRequest::install()?;
-    match train::run(&cfg, &run_dir, resume, &stop)? {
+    let group = match &worker {
+        Some(rendezvous) => Some(Arc::new(join_group(rendezvous, &cfg, args.dist_timeout)?)),
+        None => None,
+    };
+    let lead = worker.as_ref().is_none_or(|w| w.rank == 0);
+    match train::run(&cfg, &run_dir, resume, &stop, group)? {
         Outcome::Finished(summary) => {
-            if args.json {
+            if args.json && lead {
                 println!("{}", serde_json::to_string(&summary)?);
             }
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Interrupted { signal, step } => {
-            if args.json {
+            if args.json && lead {
                 println!(
                     "{}",
                     json!({"run_dir": run_dir, "interrupted_by_signal": signal, "steps": step})
@@ -624,6 +669,44 @@ fn train_command(args: &TrainArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(128 + signal as u8))
         }
     }
+}
+
+/// Starts the workers of `--nproc-per-node` (see [`launcher`]) with this command line, giving
+/// them the run directory so that all agree on it; returns the launch's exit code.
+fn launch(args: &TrainArgs) -> Result<ExitCode> {
+    let mut worker_args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.out.is_none() && args.resume.is_none() {
+        worker_args.push("--out".into());
+        worker_args.push(default_run_dir().into());
+    }
+    let spec = launcher::Launch {
+        nproc_per_node: args.nproc_per_node.unwrap_or(1),
+        nnodes: args.nnodes,
+        node_rank: args.node_rank,
+        master_addr: args.master_addr.clone(),
+        master_port: args.master_port,
+    };
+    Ok(ExitCode::from(launcher::run(&spec, &worker_args)?))
+}
+
+/// This worker's process group: Gloo on the CPU, NCCL on its GPU (cuda:LOCAL_RANK; choose the
+/// GPUs with CUDA_VISIBLE_DEVICES).
+fn join_group(rendezvous: &Rendezvous, cfg: &Config, timeout_secs: u64) -> Result<ProcessGroup> {
+    let device = match cfg.run.device.resolve()? {
+        tch::Device::Cuda(_) => {
+            let gpus = tch::Cuda::device_count() as usize;
+            if rendezvous.local_rank >= gpus {
+                anyhow::bail!(
+                    "rank {} has LOCAL_RANK {} but this node has {gpus} GPU(s): start at most one process per GPU",
+                    rendezvous.rank,
+                    rendezvous.local_rank
+                );
+            }
+            tch::Device::Cuda(rendezvous.local_rank)
+        }
+        device => device,
+    };
+    ProcessGroup::new(rendezvous, device, Duration::from_secs(timeout_secs))
 }
 
 fn eval_knn(

@@ -83,7 +83,8 @@ impl Default for DataConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
     pub epochs: usize,
-    /// Images per step (each gives two views, so the loss sees 2 x batch_size views).
+    /// Images per step on each rank (each gives two views); the global batch is
+    /// batch_size x world size, and the learning rate scales with the global batch.
     pub batch_size: usize,
     pub seed: u64,
     /// Run the kNN monitor every this many epochs (0: only before and after training).
@@ -105,6 +106,12 @@ pub struct RunConfig {
     pub keep_last: usize,
     pub device: DeviceChoice,
     pub precision: Precision,
+    /// Data parallelism: batch norm over the global batch (SimCLR's "global BN"); None = on
+    /// whenever there is more than one rank.
+    pub sync_bn: Option<bool>,
+    /// Data parallelism: every rank's projections are negatives for every other rank's
+    /// anchors, so the loss is that of one device with the global batch (SimCLR, Section 2.2).
+    pub global_negatives: bool,
 }
 
 impl Default for RunConfig {
@@ -122,6 +129,8 @@ impl Default for RunConfig {
             keep_last: 0,
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
+            sync_bn: None,
+            global_negatives: true,
         }
     }
 }

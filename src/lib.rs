@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod eval;
 pub mod event_file;
 pub mod export;

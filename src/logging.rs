@@ -10,14 +10,24 @@ use std::path::Path;
 use tensorboard_proto::summary::Summary;
 use tensorboard_rs::summary::scalar;
 
-/// Writes every logged point to TensorBoard and to `metrics.jsonl`; write errors (a full disk)
-/// are returned, naming the file.
+/// Writes every logged point to TensorBoard and to `metrics.jsonl` (or, for the ranks of a
+/// data-parallel run other than 0, nowhere: rank 0 reports for all); write errors (a full
+/// disk) are returned, naming the file.
 pub struct MetricsLogger {
+    sinks: Option<Sinks>,
+}
+
+struct Sinks {
     tensorboard: EventFile,
     jsonl: BufWriter<File>,
 }
 
 impl MetricsLogger {
+    /// A logger that writes nothing (ranks other than 0).
+    pub fn silent() -> MetricsLogger {
+        MetricsLogger { sinks: None }
+    }
+
     /// Opens the sinks in `run_dir`, appending to `metrics.jsonl` (a resumed run continues it).
     pub fn new(run_dir: &Path) -> Result<MetricsLogger> {
         let path = run_dir.join("metrics.jsonl");
@@ -27,34 +37,45 @@ impl MetricsLogger {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         Ok(MetricsLogger {
-            tensorboard: EventFile::create_in(run_dir)?,
-            jsonl: BufWriter::new(file),
+            sinks: Some(Sinks {
+                tensorboard: EventFile::create_in(run_dir)?,
+                jsonl: BufWriter::new(file),
+            }),
         })
     }
 
     /// Records scalars at a global step.
     pub fn log(&mut self, step: u64, epoch: f64, scalars: &[(&str, f64)]) -> Result<()> {
+        let Some(sinks) = &mut self.sinks else {
+            return Ok(());
+        };
         let mut record = serde_json::Map::new();
         record.insert("step".into(), step.into());
         record.insert("epoch".into(), epoch.into());
         for &(name, value) in scalars {
-            self.tensorboard.write(scalar(name, value as f32), step)?;
+            sinks.tensorboard.write(scalar(name, value as f32), step)?;
             record.insert(name.into(), value.into());
         }
-        writeln!(self.jsonl, "{}", serde_json::Value::Object(record))
+        writeln!(sinks.jsonl, "{}", serde_json::Value::Object(record))
             .context("writing metrics.jsonl")?;
         Ok(())
     }
 
     /// Records a ready-made TensorBoard summary (text, hparams; see [`crate::tensorboard`]).
     pub fn summary(&mut self, summary: Summary, step: u64) -> Result<()> {
-        self.tensorboard.write(summary, step)
+        match &mut self.sinks {
+            Some(sinks) => sinks.tensorboard.write(summary, step),
+            None => Ok(()),
+        }
     }
 
     /// Pushes everything logged so far to disk (at epoch ends and at exit).
     pub fn flush(&mut self) -> Result<()> {
-        self.tensorboard.flush()?;
-        self.jsonl.flush().context("writing metrics.jsonl")
+        let Some(sinks) = &mut self.sinks else {
+            return Ok(());
+        };
+        sinks.tensorboard.flush()?;
+        sinks.jsonl.flush().context("writing metrics.jsonl")
     }
 }
 

@@ -27,16 +27,24 @@ extern "C" {
 }
 
 /// Turns a shim error string into a Result, freeing the string.
-fn check(error: *mut c_char, what: &str) -> Result<()> {
+pub(crate) fn check(error: *mut c_char, what: &str) -> Result<()> {
+    match take_error(error) {
+        None => Ok(()),
+        Some(message) => bail!("{what}: {message}"),
+    }
+}
+
+/// The message of a shim error string (None for null), freeing the string.
+pub(crate) fn take_error(error: *mut c_char) -> Option<String> {
     if error.is_null() {
-        return Ok(());
+        return None;
     }
     // SAFETY: a non-null return is a NUL-terminated string from strdup, owned by us.
     let message = unsafe { CStr::from_ptr(error) }
         .to_string_lossy()
         .into_owned();
     unsafe { simclr_free_error(error) };
-    bail!("{what}: {message}")
+    Some(message)
 }
 
 /// The libtorch version the shim was compiled against (e.g. "2.11.0").

@@ -4,10 +4,21 @@
 //! backward, optimiser step, logging -> per epoch: checkpoint, kNN -> export `encoder.pt`.
 //!
 //! GPU->CPU reads happen only at logging points and epoch ends (marked "sync point").
+//!
+//! Data parallel (a [`ProcessGroup`] of W ranks, see [`crate::dist`]): every rank starts from
+//! rank 0's variables, takes its own shard of each epoch (the k-th batches of all ranks make the
+//! k-th global batch of batch_size x W images), runs batch norm over the global batch
+//! (`run.sync_bn`) and the loss against the global batch's projections (`run.global_negatives`),
+//! and averages its gradients with the others before the step. The learning rate and schedule
+//! follow the global batch. Only rank 0 evaluates, logs (metrics averaged over the ranks),
+//! checkpoints and exports; a stop signal is agreed on at logging points, so that all ranks
+//! stop after the same step.
 use crate::checkpoint::{self, Checkpoint, Meta};
 use crate::config::{Config, Precision};
 use crate::data::loader::{EvalTransform, LoaderConfig, TwoViewLoader};
 use crate::data::{self, preview, Dataset, Subset};
+use crate::dist::ddp::{self, GradientBuckets, BUCKET_BYTES};
+use crate::dist::{ProcessGroup, ReduceOp};
 use crate::eval::knn;
 use crate::export;
 use crate::interrupt::StopRequest;
@@ -18,10 +29,12 @@ use crate::optim::{schedule::scaled_lr, Optimizer, Schedule};
 use crate::shim;
 use crate::{projector, tensorboard};
 use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
-use tch::{nn::VarStore, Kind, Tensor};
+use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// Training images shown with their two views in TensorBoard's "augmentation" image.
 const PREVIEW_IMAGES: usize = 8;
@@ -36,9 +49,11 @@ pub struct Summary {
     pub encoder: PathBuf,
     pub steps: u64,
     pub epochs: u64,
-    /// kNN top-1 of the encoder before the first step (None for a resumed run).
+    /// kNN top-1 of the encoder before the first step (None for a resumed run, and on ranks
+    /// other than 0, which do not evaluate).
     pub knn_top1_before: Option<f64>,
-    pub knn_top1: f64,
+    /// kNN top-1 at the end (None on ranks other than 0).
+    pub knn_top1: Option<f64>,
     /// Mean loss over the last epoch trained (None if none was trained in this invocation).
     pub final_loss: Option<f64>,
     pub seconds: f64,
@@ -54,19 +69,30 @@ pub enum Outcome {
 }
 
 /// Trains with `cfg` into `run_dir`, continuing from `resume` when given, until the end or
-/// until `stop` reports a signal.
+/// until `stop` reports a signal; data parallel with the other ranks of `group` when given
+/// (its device is the one trained on).
 pub fn run(
     cfg: &Config,
     run_dir: &Path,
     resume: Option<Checkpoint>,
     stop: &StopRequest,
+    group: Option<Arc<ProcessGroup>>,
 ) -> Result<Outcome> {
     let started = Instant::now();
     cfg.validate()?;
-    let device = cfg.run.device.resolve()?;
+    let device = match &group {
+        Some(group) => group.device(),
+        None => cfg.run.device.resolve()?,
+    };
+    let (rank, world_size) = group
+        .as_ref()
+        .map_or((0, 1), |g| (g.rank(), g.world_size()));
+    let lead = rank == 0; // the rank that evaluates, logs, checkpoints and exports
     let autocast = (cfg.run.precision == Precision::Bf16).then_some(Kind::BFloat16);
     tch::manual_seed(cfg.run.seed as i64);
-    prepare_run_dir(cfg, run_dir, resume.is_some())?;
+    if lead {
+        prepare_run_dir(cfg, run_dir, resume.is_some())?;
+    }
 
     // ---- data
     // Pre-training may add unlabeled images (STL-10); the kNN bank is the labelled train split.
@@ -82,8 +108,8 @@ pub fn run(
         workers: cfg.data.workers,
         prefetch: cfg.data.prefetch,
         seed: cfg.run.seed,
-        rank: 0,
-        world_size: 1,
+        rank,
+        world_size,
         max_skipped_fraction: cfg.data.max_skipped_fraction,
     };
     let loader = TwoViewLoader::new(
@@ -97,10 +123,16 @@ pub fn run(
     // ---- model, objective (its learned similarity, if any, trains with the model),
     // optimiser, schedule (per step, from the global batch)
     let mut vs = VarStore::new(device);
-    let model = SimClr::new(&vs.root(), &cfg.model, image_size);
+    let mut model = SimClr::new(&vs.root(), &cfg.model, image_size);
+    let sync_bn = group
+        .as_ref()
+        .filter(|_| cfg.run.sync_bn.unwrap_or(world_size > 1));
+    if let Some(group) = sync_bn {
+        model.synchronize_batch_norm(group);
+    }
     let objective = Objective::new(&vs.root(), &cfg.objective, cfg.model.proj_dim);
     let mut optimizer = Optimizer::new(&vs, &cfg.optim);
-    let global_batch = cfg.run.batch_size; // x world size once data parallelism lands
+    let global_batch = cfg.run.batch_size * world_size;
     let schedule = Schedule {
         peak: scaled_lr(cfg.optim.lr, global_batch, cfg.optim.lr_scaling),
         warmup_steps: (cfg.optim.warmup_epochs * steps_per_epoch as f64).round() as u64,
@@ -126,16 +158,37 @@ pub fn run(
         }
         None => (0, 0, 0),
     };
-    let mut logger = MetricsLogger::new(run_dir)?;
-    eprintln!(
+    // ---- replicas: rank 0's variables everywhere (a fresh or a resumed run alike)
+    let buckets = match &group {
+        Some(group) => {
+            ddp::broadcast_variables(&vs, group)?;
+            Some(GradientBuckets::new(&vs, BUCKET_BYTES))
+        }
+        None => None,
+    };
+    let negatives = group.as_deref().filter(|_| cfg.run.global_negatives);
+    let mut logger = if lead {
+        MetricsLogger::new(run_dir)?
+    } else {
+        MetricsLogger::silent()
+    };
+    if lead {
+        eprintln!(
         "training {:?} x{} on {} ({} train / {} test images), {} epochs x {} steps, batch {}, peak lr {:.3}, device {:?}",
         cfg.model.arch, cfg.model.width, cfg.data.spec, train_set.len(), test_set.len(), cfg.run.epochs, steps_per_epoch, global_batch, schedule.peak, device
     );
-    let obj = &cfg.objective;
-    eprintln!(
-        "objective {:?} with {:?} similarity (normalize {}), temperature {}, margin {}",
-        obj.loss, obj.similarity, obj.normalize, obj.temperature, obj.margin
-    );
+        let obj = &cfg.objective;
+        eprintln!(
+            "objective {:?} with {:?} similarity (normalize {}), temperature {}, margin {}",
+            obj.loss, obj.similarity, obj.normalize, obj.temperature, obj.margin
+        );
+        if world_size > 1 {
+            eprintln!(
+                "data parallel over {world_size} ranks: batch {} per rank, sync batch norm {}, global negatives {}",
+                cfg.run.batch_size, sync_bn.is_some(), negatives.is_some()
+            );
+        }
+    }
 
     // ---- kNN before training: the baseline the representation must beat
     let run_knn = || {
@@ -148,7 +201,7 @@ pub fn run(
             device,
         )
     };
-    let knn_top1_before = if resume.is_none() {
+    let knn_top1_before = if resume.is_none() && lead {
         describe_run(&mut logger, cfg, train_set.as_ref())?;
         // The initial weights are kept too (epoch-0000.pt): the baseline of every evaluation.
         save_checkpoint(
@@ -169,7 +222,11 @@ pub fn run(
     let (mut final_loss, mut last_knn, mut skipped_images) = (None, None, 0usize);
     let mut skipped_steps = 0u64;
     for epoch in start_epoch..cfg.run.epochs as u64 {
-        let bar = epoch_bar(epoch, cfg.run.epochs as u64, steps_per_epoch);
+        let bar = if lead {
+            epoch_bar(epoch, cfg.run.epochs as u64, steps_per_epoch)
+        } else {
+            ProgressBar::hidden()
+        };
         let epoch_start = Instant::now();
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
         let (mut window_start, mut window_steps, mut data_wait) = (Instant::now(), 0u64, 0.0f64);
@@ -190,12 +247,20 @@ pub fn run(
             let [view1, view2] = batch.views;
             let views = Tensor::cat(&[view1, view2], 0); // [2N, 3, S, S]
             let (_h, z) = shim::with_autocast(device, autocast, || model.forward_t(&views, true))?;
+            if let Some(group) = &group {
+                group.check()?; // a synchronized batch norm's collective may have failed
+            }
             let z = z.chunk(2, 0); // 2 x [N, proj_dim]
-            let out = objective.forward(&z[0], &z[1])?;
+            let out = match negatives {
+                Some(group) => objective.forward_global(&z[0], &z[1], group)?,
+                None => objective.forward(&z[0], &z[1])?,
+            };
 
-            // ---- backward and update; with --skip-nonfinite a NaN/Inf loss skips the update
-            // instead (read back every step then: a sync point)
-            let skip = cfg.run.skip_nonfinite && !out.loss.double_value(&[]).is_finite();
+            // ---- backward, gradients averaged over the ranks, update; with --skip-nonfinite a
+            // NaN/Inf loss (on any rank) skips the update instead (read back every step then: a
+            // sync point)
+            let skip = cfg.run.skip_nonfinite
+                && !mean_over_ranks(group.as_deref(), [out.loss.double_value(&[])])?[0].is_finite();
             if skip {
                 skipped_steps += 1;
                 eprintln!(
@@ -205,6 +270,10 @@ pub fn run(
             } else {
                 optimizer.zero_grad();
                 out.loss.backward();
+                if let (Some(group), Some(buckets)) = (&group, &buckets) {
+                    group.check()?; // collectives inside the backward pass
+                    buckets.average_gradients(group)?;
+                }
                 optimizer.step(lr);
                 loss_sum += out.loss.detach();
                 epoch_updates += 1;
@@ -213,10 +282,20 @@ pub fn run(
             window_steps += 1;
             bar.inc(1);
 
-            // ---- logging (sync point: reads the loss and the contrastive metrics back)
-            if step % cfg.run.log_every as u64 == 0 {
-                let loss = out.loss.double_value(&[]);
+            // ---- logging (sync point: reads the loss and the contrastive metrics back, averaged
+            // over the ranks)
+            let log_point = step % cfg.run.log_every as u64 == 0;
+            if log_point {
                 let contrast = out.metrics();
+                let [loss, top1, top5, entropy] = mean_over_ranks(
+                    group.as_deref(),
+                    [
+                        out.loss.double_value(&[]),
+                        contrast.top1,
+                        contrast.top5,
+                        contrast.entropy,
+                    ],
+                )?;
                 if !loss.is_finite() && !skip {
                     bail!("loss became {loss} at step {step}: stopped, the last good checkpoint is kept (lower optim.lr, check the data, or --skip-nonfinite)");
                 }
@@ -229,9 +308,9 @@ pub fn run(
                     epoch_f,
                     &[
                         ("train/loss", loss),
-                        ("train/contrast_acc", contrast.top1),
-                        ("train/contrast_top5", contrast.top5),
-                        ("train/contrast_entropy", contrast.entropy),
+                        ("train/contrast_acc", top1),
+                        ("train/contrast_top5", top5),
+                        ("train/contrast_entropy", entropy),
                         ("train/lr", lr),
                         ("train/images_per_sec", images_per_sec),
                         (
@@ -249,9 +328,10 @@ pub fn run(
             }
 
             // ---- interruption and mid-epoch checkpoints (sync point when they happen)
-            let signal = stop.signal();
+            let signal = agreed_signal(stop, group.as_deref(), log_point)?;
             let every = cfg.run.checkpoint_every_steps as u64;
-            if signal.is_some() || (every > 0 && step % every == 0 && step % steps_per_epoch != 0) {
+            let due = every > 0 && step % every == 0 && step % steps_per_epoch != 0;
+            if lead && (signal.is_some() || due) {
                 // (a sum over no update is 0: nothing to check, the weights are unchanged)
                 let mean_loss = loss_sum.double_value(&[]) / epoch_updates.max(1) as f64;
                 if !mean_loss.is_finite() {
@@ -273,10 +353,12 @@ pub fn run(
             if let Some(signal) = signal {
                 bar.abandon();
                 logger.flush()?;
-                eprintln!(
-                    "stopped by signal {signal} after step {step}: checkpoint written, continue with `simclr train --resume {}`",
-                    run_dir.display()
-                );
+                if lead {
+                    eprintln!(
+                        "stopped by signal {signal} after step {step}: checkpoint written, continue with `simclr train --resume {}`",
+                        run_dir.display()
+                    );
+                }
                 return Ok(Outcome::Interrupted { signal, step });
             }
         }
@@ -287,11 +369,17 @@ pub fn run(
         if epoch_updates == 0 {
             bail!("every step of epoch {epochs_done} had a non-finite loss ({skipped_steps} skipped): stopped, the last good checkpoint is kept");
         }
-        let mean_loss = loss_sum.double_value(&[]) / epoch_updates as f64;
+        let [mean_loss] = mean_over_ranks(
+            group.as_deref(),
+            [loss_sum.double_value(&[]) / epoch_updates as f64],
+        )?;
         if !mean_loss.is_finite() {
             bail!("loss became {mean_loss} in epoch {epochs_done}: stopped, the last good checkpoint is kept");
         }
         final_loss = Some(mean_loss);
+        if !lead {
+            continue;
+        }
         save_checkpoint(
             run_dir,
             &vs,
@@ -313,6 +401,18 @@ pub fn run(
         }
         logger.flush()?;
         eprintln!("{line}");
+    }
+    if !lead {
+        return Ok(Outcome::Finished(Summary {
+            run_dir: run_dir.to_path_buf(),
+            encoder: run_dir.join("encoder.pt"),
+            steps: step,
+            epochs: cfg.run.epochs as u64,
+            knn_top1_before,
+            knn_top1: None,
+            final_loss,
+            seconds: started.elapsed().as_secs_f64(),
+        }));
     }
     // A resumed run that had already finished trains nothing: measure what it holds.
     let knn_top1 = last_knn.unwrap_or_else(run_knn);
@@ -343,10 +443,46 @@ pub fn run(
         steps: step,
         epochs: cfg.run.epochs as u64,
         knn_top1_before,
-        knn_top1,
+        knn_top1: Some(knn_top1),
         final_loss,
         seconds: started.elapsed().as_secs_f64(),
     }))
+}
+
+/// `values` averaged over the ranks of `group` (unchanged without one); a collective, so every
+/// rank calls it at the same point (sync point).
+fn mean_over_ranks<const K: usize>(
+    group: Option<&ProcessGroup>,
+    values: [f64; K],
+) -> Result<[f64; K]> {
+    let Some(group) = group else {
+        return Ok(values);
+    };
+    let mut tensor = Tensor::from_slice(&values).to_device(group.device());
+    group.all_reduce(&mut tensor, ReduceOp::Avg)?;
+    let tensor = tensor.to_device(Device::Cpu);
+    Ok(std::array::from_fn(|i| tensor.double_value(&[i as i64])))
+}
+
+/// The signal that stops training after this step. Alone, as soon as one arrives; data
+/// parallel, the largest one any rank has seen, looked at only at logging points (`check`) so
+/// that every rank stops after the same step without a collective in every step.
+fn agreed_signal(
+    stop: &StopRequest,
+    group: Option<&ProcessGroup>,
+    check: bool,
+) -> Result<Option<i32>> {
+    let Some(group) = group else {
+        return Ok(stop.signal());
+    };
+    if !check {
+        return Ok(None);
+    }
+    let mut signal =
+        Tensor::from_slice(&[stop.signal().unwrap_or(0) as i64]).to_device(group.device());
+    group.all_reduce(&mut signal, ReduceOp::Max)?;
+    let signal = signal.int64_value(&[0]) as i32;
+    Ok((signal > 0).then_some(signal))
 }
 
 /// What a fresh run shows in TensorBoard before its first step: the resolved configuration as

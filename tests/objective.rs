@@ -11,7 +11,9 @@
 //! - invariances: to rescaling z (cosine or normalised similarities) and to permuting the batch.
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use simclr::objective::{loss, LossKind, Objective, ObjectiveConfig, Similarity, SimilarityKind};
+use simclr::objective::{
+    loss, Layout, LossKind, Objective, ObjectiveConfig, Similarity, SimilarityKind,
+};
 use std::collections::HashMap;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -293,7 +295,8 @@ fn autograd_anchor_gradients(
     let sim = Similarity::new(&vs.root(), similarity, false, D as i64, H as i64);
     let u = tensor(z).requires_grad_(true);
     let scores = sim.scores(&u, &tensor(z)).expect("scores");
-    loss::per_anchor(kind, &scores, tau, margin)
+    let layout = Layout::square(z.len() as i64, Device::Cpu);
+    loss::per_anchor(kind, &scores, &layout, tau, margin)
         .sum(Kind::Double)
         .backward();
     rows_of(&u.grad())

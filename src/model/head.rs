@@ -21,6 +21,7 @@
 //!
 //! # Shapes
 //! h `[B, in_dim]` -> layer k `[B, hidden]` (0 < k < layers) -> z `[B, proj_dim]`.
+use super::norm::BatchNorm;
 use super::ModelConfig;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -46,9 +47,10 @@ fn linear(p: nn::Path, c_in: i64, c_out: i64, bias: bool) -> nn::Linear {
 
 /// BatchNorm1d with a learned scale, and a learned shift only when `shift` (SimCLRv2's last
 /// layer has none: Keras' `center=False`).
-fn batch_norm(p: nn::Path, dim: i64, shift: bool) -> nn::BatchNorm {
+fn batch_norm(p: nn::Path, dim: i64, shift: bool) -> BatchNorm {
     if shift {
-        return nn::batch_norm1d(p, dim, Default::default());
+        let cfg = nn::BatchNormConfig::default();
+        return BatchNorm::new(nn::batch_norm1d(p, dim, cfg), &cfg);
     }
     let cfg = nn::BatchNormConfig {
         affine: false,
@@ -56,14 +58,14 @@ fn batch_norm(p: nn::Path, dim: i64, shift: bool) -> nn::BatchNorm {
     };
     let mut bn = nn::batch_norm1d(&p, dim, cfg);
     bn.ws = Some(p.var("weight", &[dim], nn::Init::Const(1.0)));
-    bn
+    BatchNorm::new(bn, &cfg)
 }
 
 /// One layer of the head: Linear -> BN (optional) -> ReLU (hidden layers).
 #[derive(Debug)]
 struct Layer {
     linear: nn::Linear,
-    bn: Option<nn::BatchNorm>,
+    bn: Option<BatchNorm>,
     relu: bool,
 }
 
@@ -93,6 +95,11 @@ impl ProjectionHead {
             })
             .collect();
         ProjectionHead { layers }
+    }
+
+    /// Every batch-norm layer (to synchronize them across ranks).
+    pub fn batch_norms_mut(&mut self) -> impl Iterator<Item = &mut BatchNorm> {
+        self.layers.iter_mut().filter_map(|layer| layer.bn.as_mut())
     }
 
     /// Number of layers.

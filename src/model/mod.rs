@@ -1,10 +1,13 @@
 //! The SimCLR network: encoder f (a ResNet) and projection head g, with h = f(x) and
 //! z = g(h) kept separately reachable (h is evaluated and exported, z feeds the loss).
 pub mod head;
+pub mod norm;
 pub mod resnet;
 
+use crate::dist::ProcessGroup;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -105,6 +108,18 @@ impl SimClr {
         let encoder = resnet::ResNet::new(&(root / Self::ENCODER), cfg, image_size);
         let head = head::ProjectionHead::new(&(root / "head"), encoder.out_dim(), cfg);
         SimClr { encoder, head }
+    }
+
+    /// Global batch norm: every batch-norm layer of encoder and head takes its training
+    /// statistics over all ranks of `group` ([`norm::BatchNorm`]).
+    pub fn synchronize_batch_norm(&mut self, group: &Arc<ProcessGroup>) {
+        let layers = self
+            .encoder
+            .batch_norms_mut()
+            .chain(self.head.batch_norms_mut());
+        for bn in layers {
+            bn.synchronize(group.clone());
+        }
     }
 
     /// `[B, 3, S, S]` -> (h `[B, h_dim]`, z `[B, proj_dim]`).

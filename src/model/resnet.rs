@@ -11,6 +11,7 @@
 //! # Shapes
 //! input `[B, 3, S, S]` f32 -> representation h `[B, out_dim]`, with
 //! `out_dim = 512·width` (basic blocks, ResNet-18/34) or `2048·width` (bottlenecks, 50/101/152).
+use super::norm::BatchNorm;
 use super::{Arch, ModelConfig, Stem};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -31,22 +32,23 @@ fn conv2d(p: nn::Path, c_in: i64, c_out: i64, ksize: i64, stride: i64) -> nn::Co
     nn::conv2d(p, c_in, c_out, ksize, cfg)
 }
 
-fn batch_norm(p: nn::Path, channels: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(p, channels, Default::default())
+fn batch_norm(p: nn::Path, channels: i64) -> BatchNorm {
+    let cfg = nn::BatchNormConfig::default();
+    BatchNorm::new(nn::batch_norm2d(p, channels, cfg), &cfg)
 }
 
 /// The 1x1 convolution + BN that matches the shortcut's shape to the block's output.
 #[derive(Debug)]
 struct Downsample {
     conv: nn::Conv2D,
-    bn: nn::BatchNorm,
+    bn: BatchNorm,
 }
 
 /// One residual block: basic (two 3x3) or bottleneck (1x1, 3x3, 1x1 with expansion 4).
 #[derive(Debug)]
 struct Block {
     convs: Vec<nn::Conv2D>,
-    bns: Vec<nn::BatchNorm>,
+    bns: Vec<BatchNorm>,
     downsample: Option<Downsample>,
 }
 
@@ -103,7 +105,7 @@ impl ModuleT for Block {
 #[derive(Debug)]
 pub struct ResNet {
     conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    bn1: BatchNorm,
     max_pool: bool,
     layers: Vec<Vec<Block>>,
     out_dim: i64,
@@ -165,6 +167,15 @@ impl ResNet {
     /// Width of the representation h.
     pub fn out_dim(&self) -> i64 {
         self.out_dim
+    }
+
+    /// Every batch-norm layer (to synchronize them across ranks).
+    pub fn batch_norms_mut(&mut self) -> impl Iterator<Item = &mut BatchNorm> {
+        let blocks = self.layers.iter_mut().flatten().flat_map(|block| {
+            let downsample = block.downsample.as_mut().map(|d| &mut d.bn);
+            block.bns.iter_mut().chain(downsample)
+        });
+        std::iter::once(&mut self.bn1).chain(blocks)
     }
 }
 

@@ -35,9 +35,9 @@
 //! accuracy by several points. [`per_anchor`] is the same function before the mean.
 //!
 //! # Shapes
-//! scores `[2N, 2N]` (`scores[i][j] = s(z_i, z_j)`, diagonal ignored) -> per-anchor losses `[2N]`,
-//! or their mean.
-use super::{positive_mask, positive_scores, positives, self_mask};
+//! scores `[2N, K]` (`scores[i][j] = s(z_i, candidate_j)`, self pairs ignored; K = 2N on one
+//! device, 2N·W with global negatives, see [`Layout`]) -> per-anchor losses `[2N]`, or their mean.
+use super::Layout;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -53,19 +53,27 @@ pub enum LossKind {
     MarginTriplet,
 }
 
-/// ℓ_i for every anchor i of the 2N views (views k and k+N are the two views of image k).
+/// ℓ_i for every anchor i of the 2N views (views k and k+N are the two views of image k),
+/// against the K candidates of `layout` (K = 2N on one device, 2N·W with global negatives).
 ///
 /// # Shapes
-/// `scores [2N, 2N]` -> `[2N]`.
-pub fn per_anchor(kind: LossKind, scores: &Tensor, temperature: f64, margin: f64) -> Tensor {
-    let views = scores.size()[0];
-    let device = scores.device();
-    let positive = positive_scores(scores); // [2N, 1]
+/// `scores [2N, K]` -> `[2N]`.
+pub fn per_anchor(
+    kind: LossKind,
+    scores: &Tensor,
+    layout: &Layout,
+    temperature: f64,
+    margin: f64,
+) -> Tensor {
+    let candidates = scores.size()[1];
+    let positive = layout.positive_scores(scores); // [2N, 1]
 
-    // Every pair that is neither the anchor itself nor its positive is a negative: 2N-2 a row.
-    let not_negative = self_mask(views, device).logical_or(&positive_mask(views, device)); // [2N, 2N]
-    let negatives = (views - 2).max(1) as f64;
-    // [2N, 2N] -> [2N]: the mean of each row's terms over its negatives.
+    // Every pair that is neither the anchor itself nor its positive is a negative: K-2 a row.
+    let not_negative = layout
+        .self_mask(candidates)
+        .logical_or(&layout.positive_mask(candidates)); // [2N, K]
+    let negatives = (candidates - 2).max(1) as f64;
+    // [2N, K] -> [2N]: the mean of each row's terms over its negatives.
     let mean_over_negatives = |terms: Tensor| {
         terms
             .masked_fill(&not_negative, 0.0)
@@ -74,8 +82,8 @@ pub fn per_anchor(kind: LossKind, scores: &Tensor, temperature: f64, margin: f64
     };
     match kind {
         LossKind::NtXent => {
-            let log_p = nt_xent_logits(scores, temperature).log_softmax(1, None); // [2N, 2N]
-            -positive_scores(&log_p).squeeze_dim(1)
+            let log_p = nt_xent_logits(scores, layout, temperature).log_softmax(1, None); // [2N, K]
+            -layout.positive_scores(&log_p).squeeze_dim(1)
         }
         LossKind::NtLogistic => {
             // -log σ(x) = softplus(-x), computed stably by log_sigmoid.
@@ -89,33 +97,39 @@ pub fn per_anchor(kind: LossKind, scores: &Tensor, temperature: f64, margin: f64
 /// L = 1/(2N) Σ_i ℓ_i, the mean of [`per_anchor`].
 ///
 /// # Shapes
-/// `scores [2N, 2N]` -> scalar.
-pub fn mean(kind: LossKind, scores: &Tensor, temperature: f64, margin: f64) -> Tensor {
+/// `scores [2N, K]` -> scalar.
+pub fn mean(
+    kind: LossKind,
+    scores: &Tensor,
+    layout: &Layout,
+    temperature: f64,
+    margin: f64,
+) -> Tensor {
     match kind {
-        LossKind::NtXent => {
-            let views = scores.size()[0];
-            // What `cross_entropy_for_logits` does, without its cast to f32 (f64 tests).
-            nt_xent_logits(scores, temperature)
-                .log_softmax(-1, scores.kind())
-                .nll_loss(&positives(views, scores.device()))
-        }
-        _ => per_anchor(kind, scores, temperature, margin).mean(scores.kind()),
+        // What `cross_entropy_for_logits` does, without its cast to f32 (f64 tests).
+        LossKind::NtXent => nt_xent_logits(scores, layout, temperature)
+            .log_softmax(-1, scores.kind())
+            .nll_loss(layout.positive_cols()),
+        _ => per_anchor(kind, scores, layout, temperature, margin).mean(scores.kind()),
     }
 }
 
 /// s/τ with the self pairs at −∞, so that they drop out of every softmax.
 ///
 /// # Shapes
-/// `scores [2N, 2N]` -> `[2N, 2N]`.
-fn nt_xent_logits(scores: &Tensor, temperature: f64) -> Tensor {
-    let views = scores.size()[0];
-    (scores / temperature).masked_fill(&self_mask(views, scores.device()), f64::NEG_INFINITY)
+/// `scores [2N, K]` -> `[2N, K]`.
+fn nt_xent_logits(scores: &Tensor, layout: &Layout, temperature: f64) -> Tensor {
+    (scores / temperature).masked_fill(&layout.self_mask(scores.size()[1]), f64::NEG_INFINITY)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    fn square(views: i64) -> Layout {
+        Layout::square(views, Device::Cpu)
+    }
 
     /// All similarities equal: NT-Xent is ln(2N−1) (every candidate ties), NT-Logistic is
     /// 2·ln 2 at s = 0, and the triplet loss is the margin.
@@ -124,7 +138,7 @@ mod tests {
         let views = 8;
         let scores = Tensor::zeros([views, views], (Kind::Double, Device::Cpu));
         let mean = |kind| {
-            per_anchor(kind, &scores, 0.3, 0.7)
+            per_anchor(kind, &scores, &square(views), 0.3, 0.7)
                 .mean(Kind::Double)
                 .double_value(&[])
         };
@@ -142,8 +156,8 @@ mod tests {
             LossKind::NtLogistic,
             LossKind::MarginTriplet,
         ] {
-            let a = mean(kind, &scores, 0.3, 0.5).double_value(&[]);
-            let b = per_anchor(kind, &scores, 0.3, 0.5)
+            let a = mean(kind, &scores, &square(10), 0.3, 0.5).double_value(&[]);
+            let b = per_anchor(kind, &scores, &square(10), 0.3, 0.5)
                 .mean(Kind::Double)
                 .double_value(&[]);
             assert!((a - b).abs() < 1e-12, "{kind:?}: {a} vs {b}");
@@ -160,8 +174,8 @@ mod tests {
             LossKind::NtLogistic,
             LossKind::MarginTriplet,
         ] {
-            let a = per_anchor(kind, &scores, 0.5, 1.0);
-            let b = per_anchor(kind, &boosted, 0.5, 1.0);
+            let a = per_anchor(kind, &scores, &square(6), 0.5, 1.0);
+            let b = per_anchor(kind, &boosted, &square(6), 0.5, 1.0);
             assert!(a.allclose(&b, 1e-12, 1e-12, false), "{kind:?}");
         }
     }

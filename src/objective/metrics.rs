@@ -12,8 +12,8 @@
 //! These are logging-point quantities: computing them reads back from the device.
 //!
 //! # Shapes
-//! scores `[2N, 2N]` (diagonal ignored) -> three scalars.
-use super::{positive_mask, positive_scores, self_mask};
+//! scores `[2N, K]` (self pairs ignored, see [`Layout`]) -> three scalars.
+use super::Layout;
 use tch::{Kind, Tensor};
 
 /// Contrastive accuracy and softmax entropy of one step.
@@ -28,25 +28,24 @@ pub struct ContrastMetrics {
 /// The metrics of one step's similarity matrix (sync point: one read from the device).
 ///
 /// # Shapes
-/// `scores [2N, 2N]` -> scalars.
-pub fn contrast_metrics(scores: &Tensor, temperature: f64) -> ContrastMetrics {
+/// `scores [2N, K]` -> scalars.
+pub fn contrast_metrics(scores: &Tensor, layout: &Layout, temperature: f64) -> ContrastMetrics {
     tch::no_grad(|| {
-        let views = scores.size()[0];
-        let device = scores.device();
-        let is_self = self_mask(views, device); // [2N, 2N]
+        let candidates = scores.size()[1];
+        let is_self = layout.self_mask(candidates); // [2N, K]
         let logits =
             (scores.to_kind(Kind::Float) / temperature).masked_fill(&is_self, f64::NEG_INFINITY);
-        let positive = positive_scores(&logits); // [2N, 1]
-                                                 // Candidates scoring at least as high as the positive, the positive itself excluded.
+        let positive = layout.positive_scores(&logits); // [2N, 1]
+                                                        // Candidates scoring at least as high as the positive, the positive itself excluded.
         let above = logits
             .ge_tensor(&positive)
-            .logical_and(&positive_mask(views, device).logical_not())
+            .logical_and(&layout.positive_mask(candidates).logical_not())
             .sum_dim_intlist(1, false, Kind::Int64); // [2N]
         let top1 = above.eq(0).to_kind(Kind::Float).mean(Kind::Float);
         let top5 = above.lt(5).to_kind(Kind::Float).mean(Kind::Float);
         let log_p = logits
             .log_softmax(1, Kind::Float)
-            .masked_fill(&is_self, 0.0); // [2N, 2N]
+            .masked_fill(&is_self, 0.0); // [2N, K]
         let entropy = -(log_p.exp().masked_fill(&is_self, 0.0) * &log_p)
             .sum_dim_intlist(1, false, Kind::Float)
             .mean(Kind::Float);
@@ -78,7 +77,7 @@ mod tests {
             0.0, 1.0, 1.0, 9.0f64,
         ])
         .view([4, 4]);
-        let m = contrast_metrics(&scores, 1.0);
+        let m = contrast_metrics(&scores, &Layout::square(4, Device::Cpu), 1.0);
         assert_eq!(m.top1, 0.25);
         assert_eq!(m.top5, 1.0);
         let h = |logits: [f64; 3]| {
@@ -104,6 +103,7 @@ mod tests {
         let views = 12;
         let m = contrast_metrics(
             &Tensor::ones([views, views], (Kind::Float, Device::Cpu)),
+            &Layout::square(views, Device::Cpu),
             0.5,
         );
         assert_eq!((m.top1, m.top5), (0.0, 0.0));

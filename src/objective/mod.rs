@@ -16,14 +16,17 @@
 //!
 //! # Shapes
 //! z1, z2 `[N, D]` -> loss (scalar), scores `[2N, 2N]`.
+pub mod layout;
 pub mod loss;
 pub mod metrics;
 pub mod similarity;
 
+use crate::dist::ProcessGroup;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
+pub use layout::Layout;
 pub use loss::LossKind;
 pub use metrics::ContrastMetrics;
 pub use similarity::{Similarity, SimilarityKind};
@@ -80,40 +83,6 @@ impl ObjectiveConfig {
     }
 }
 
-/// Each view's positive: view i+N for i < N, view i−N otherwise.
-///
-/// # Shapes
-/// -> `[2N]` i64.
-pub(crate) fn positives(views: i64, device: Device) -> Tensor {
-    (Tensor::arange(views, (Kind::Int64, device)) + views / 2).remainder(views)
-}
-
-/// Each anchor's similarity to its positive, s(z_i, z_p(i)).
-///
-/// # Shapes
-/// `scores [2N, 2N]` -> `[2N, 1]`.
-pub fn positive_scores(scores: &Tensor) -> Tensor {
-    let index = positives(scores.size()[0], scores.device()).unsqueeze(1); // [2N, 1]
-    scores.gather(1, &index, false)
-}
-
-/// True at (i, positive of i), one entry a row.
-///
-/// # Shapes
-/// -> `[2N, 2N]` bool.
-pub fn positive_mask(views: i64, device: Device) -> Tensor {
-    let columns = Tensor::arange(views, (Kind::Int64, device)).unsqueeze(0); // [1, 2N]
-    columns.eq_tensor(&positives(views, device).unsqueeze(1))
-}
-
-/// True on the diagonal, the self pairs that take no part in the loss.
-///
-/// # Shapes
-/// -> `[2N, 2N]` bool.
-pub fn self_mask(views: i64, device: Device) -> Tensor {
-    Tensor::eye(views, (Kind::Bool, device))
-}
-
 /// The similarity and loss of a run, with the similarity's learned parameters (if any) under
 /// `similarity.` in the var store.
 #[derive(Debug)]
@@ -129,15 +98,18 @@ pub struct Objective {
 pub struct Contrastive {
     /// Mean loss over the 2N anchors (scalar, f32; f64 for f64 inputs).
     pub loss: Tensor,
-    /// s(z_i, z_j) of every pair, detached (`[2N, 2N]`, diagonal meaningless).
+    /// s(z_i, z_j) of every anchor and candidate, detached (`[2N, 2N]` on one device,
+    /// `[2N, 2N·W]` with global negatives; self pairs meaningless).
     pub scores: Tensor,
+    /// Where each anchor's self pair and positive sit in `scores`.
+    pub layout: Layout,
     temperature: f64,
 }
 
 impl Contrastive {
     /// Contrastive top-1/top-5 accuracy and softmax entropy (sync point).
     pub fn metrics(&self) -> ContrastMetrics {
-        metrics::contrast_metrics(&self.scores, self.temperature)
+        metrics::contrast_metrics(&self.scores, &self.layout, self.temperature)
     }
 }
 
@@ -166,17 +138,57 @@ impl Objective {
     /// # Shapes
     /// `z1`, `z2`: `[N, D]`, N >= 1 (N = 1 has no negatives) -> loss scalar, scores `[2N, 2N]`.
     pub fn forward(&self, z1: &Tensor, z2: &Tensor) -> Result<Contrastive> {
+        self.contrast(z1, z2, None)
+    }
+
+    /// As [`Objective::forward`] with global negatives: this rank's 2N views are the anchors,
+    /// the 2N·W views of all ranks (all-gathered, differentiably) the candidates. The loss is
+    /// the mean over this rank's anchors; averaged over the ranks it is the loss of one device
+    /// with the whole global batch, and so are the averaged gradients
+    /// ([`ProcessGroup::all_gather_with_grad`]).
+    ///
+    /// # Shapes
+    /// `z1`, `z2`: `[N, D]`, the same N on every rank -> loss scalar, scores `[2N, 2N·W]`.
+    pub fn forward_global(
+        &self,
+        z1: &Tensor,
+        z2: &Tensor,
+        group: &ProcessGroup,
+    ) -> Result<Contrastive> {
+        self.contrast(z1, z2, Some(group))
+    }
+
+    fn contrast(
+        &self,
+        z1: &Tensor,
+        z2: &Tensor,
+        group: Option<&ProcessGroup>,
+    ) -> Result<Contrastive> {
         let kind = if z1.kind() == Kind::Double {
             Kind::Double
         } else {
             Kind::Float
         };
         let z = Tensor::cat(&[z1, z2], 0).to_kind(kind); // [2N, D]
-        let scores = self.similarity.within(&z)?; // [2N, 2N]
-        let loss = loss::mean(self.loss, &scores, self.temperature, self.margin);
+        let views = z.size()[0];
+        let (scores, layout) = match group {
+            None => (
+                self.similarity.within(&z)?,
+                Layout::square(views, z.device()),
+            ), // [2N, 2N]
+            Some(group) => {
+                let candidates = group.all_gather_with_grad(&z)?; // [2N·W, D]
+                (
+                    self.similarity.scores(&z, &candidates)?, // [2N, 2N·W]
+                    Layout::global(views, group.rank(), z.device()),
+                )
+            }
+        };
+        let loss = loss::mean(self.loss, &scores, &layout, self.temperature, self.margin);
         Ok(Contrastive {
             loss,
             scores: scores.detach(),
+            layout,
             temperature: self.temperature,
         })
     }
@@ -186,6 +198,7 @@ impl Objective {
 mod tests {
     use super::*;
     use tch::nn::VarStore;
+    use tch::Device;
 
     fn objective(vs: &VarStore, cfg: ObjectiveConfig) -> Objective {
         Objective::new(&vs.root(), &cfg, 2)
