@@ -5,6 +5,7 @@
 //! head g) -> [`objective`] (similarity and contrastive loss) -> [`optim`] (LARS, schedule) in
 //! the loop of [`train`], reported by [`logging`] (with [`tensorboard`] summaries and a
 //! [`projector`] export), saved by [`checkpoint`], watched by [`eval`], shipped by [`export`].
+//! One training step (forward, loss, backward, update) is [`step`], which `simclr bench step` measures.
 //! The binary's command line is [`cli`]; [`shim`] wraps the small C++ shim over libtorch.
 pub mod checkpoint;
 pub mod cli;
@@ -19,5 +20,6 @@ pub mod objective;
 pub mod optim;
 pub mod projector;
 pub mod shim;
+pub mod step;
 pub mod tensorboard;
 pub mod train;

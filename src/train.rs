@@ -5,7 +5,7 @@
 //!
 //! GPU->CPU reads happen only at logging points and epoch ends (marked "sync point").
 use crate::checkpoint::{self, Checkpoint, Meta};
-use crate::config::{Config, Precision};
+use crate::config::Config;
 use crate::data::loader::{LoaderConfig, TwoViewLoader};
 use crate::data::{self, preview, ImageSet};
 use crate::eval::knn;
@@ -15,7 +15,7 @@ use crate::logging::{epoch_bar, MetricsLogger};
 use crate::model::SimClr;
 use crate::objective::Objective;
 use crate::optim::{schedule::scaled_lr, Optimizer, Schedule};
-use crate::shim;
+use crate::step::{self, TrainStep};
 use crate::{projector, tensorboard};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -65,7 +65,6 @@ pub fn run(
     let started = Instant::now();
     cfg.validate()?;
     let device = cfg.run.device.resolve()?;
-    let autocast = (cfg.run.precision == Precision::Bf16).then_some(Kind::BFloat16);
     tch::manual_seed(cfg.run.seed as i64);
     prepare_run_dir(cfg, run_dir, resume.is_some())?;
 
@@ -96,7 +95,9 @@ pub fn run(
     let mut vs = VarStore::new(device);
     let model = SimClr::new(&vs.root(), &cfg.model, image_size);
     let objective = Objective::new(&vs.root(), &cfg.objective, cfg.model.proj_dim);
+    step::prepare_for_device(&vs)?;
     let mut optimizer = Optimizer::new(&vs, &cfg.optim);
+    let mut train_step = TrainStep::new(&model, &objective, device, cfg.run.precision);
     let global_batch = cfg.run.batch_size; // x world size once data parallelism lands
     let schedule = Schedule {
         peak: scaled_lr(cfg.optim.lr, global_batch, cfg.optim.lr_scaling),
@@ -179,18 +180,14 @@ pub fn run(
             data_wait += wait_start.elapsed().as_secs_f64();
             let lr = schedule.lr(step);
 
-            // ---- forward: both views in one pass, so batch norm sees all 2N views (as the
-            // official code does); then the loss over the 2N projections, outside autocast, in f32
-            let [view1, view2] = batch.views;
-            let views = Tensor::cat(&[view1, view2], 0); // [2N, 3, S, S]
-            let (_h, z) = shim::with_autocast(device, autocast, || model.forward_t(&views, true))?;
-            let z = z.chunk(2, 0); // 2 x [N, proj_dim]
-            let out = objective.forward(&z[0], &z[1])?;
+            // ---- forward: both views in one pass (batch norm sees all 2N views), under the
+            // run's autocast; then the loss over the 2N projections, outside autocast, in f32
+            let out = train_step.forward(&batch.views)?;
 
             // ---- backward and update
-            optimizer.zero_grad();
-            out.loss.backward();
-            optimizer.step(lr);
+            optimizer.zero_grad()?;
+            train_step.backward(&out.loss);
+            train_step.update(&mut optimizer, lr);
             step += 1;
             epoch_steps += 1;
             window_steps += 1;
