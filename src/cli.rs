@@ -1,5 +1,6 @@
 //! The command-line interface: clap definitions and what each command does with them.
 //! `--json` prints one JSON object as the last line of stdout; human text goes to stderr.
+use crate::bench;
 use crate::checkpoint;
 use crate::config::{Config, DeviceChoice, Precision};
 use crate::data::DataSpec;
@@ -66,6 +67,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Measure the throughput of a part of training (images/s and peak memory, after warm-up).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Export the encoder of a checkpoint (or the network up to a projection-head layer).
     Export {
         /// Checkpoint file (a run's checkpoints/last.pt or epoch-NNNN.pt).
@@ -85,6 +89,13 @@ enum Command {
         #[arg(long, conflicts_with = "head_layer")]
         with_head: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The full training step (two views, forward, loss, backward, LARS) on synthetic input;
+    /// scripts/bench/step.sh compares it with the same step in PyTorch.
+    Step(bench::step::StepArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -368,6 +379,7 @@ pub fn run() -> Result<ExitCode> {
             config,
             seed,
         } => augment_command(&data, &out, count, image_size, config.as_deref(), seed).map(|_| done),
+        Command::Bench(BenchCommand::Step(args)) => bench::step::command(&args).map(|_| done),
         Command::Export {
             checkpoint,
             format,

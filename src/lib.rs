@@ -5,8 +5,9 @@
 //! head g) -> [`objective`] (similarity and contrastive loss) -> [`optim`] (LARS, schedule) in
 //! the loop of [`train`], reported by [`logging`] (with [`tensorboard`] summaries and a
 //! [`projector`] export), saved by [`checkpoint`], watched by [`eval`], shipped by [`export`].
-//! One training step (forward, loss, backward, update) is [`step`], which `simclr bench step` measures.
+//! One training step (forward, loss, backward, update) is [`step`], which [`bench`] measures.
 //! The binary's command line is [`cli`]; [`shim`] wraps the small C++ shim over libtorch.
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
