@@ -1,5 +1,6 @@
 //! The command-line interface: clap definitions and what each command does with them.
 //! `--json` prints one JSON object as the last line of stdout; human text goes to stderr.
+use crate::bench;
 use crate::checkpoint;
 use crate::config::{Config, DeviceChoice, Precision};
 use crate::data::augment::AugmentConfig;
@@ -75,7 +76,8 @@ enum Command {
         #[command(flatten)]
         augment: AugmentArgs,
     },
-    /// Measure throughput (the figures of README's Performance section).
+    /// Measure the throughput of a part of training (images/s and peak memory, after warm-up;
+    /// the figures of README's Performance section).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Export the encoder of a checkpoint (or the network up to a projection-head layer).
@@ -104,6 +106,9 @@ enum BenchCommand {
     /// Images/s of the two-view training loader alone (read, decode, two augmented views,
     /// u8 -> f32 NCHW); compare with scripts/bench/loader_torchvision.py (scripts/bench/loader.sh).
     Loader(BenchLoaderArgs),
+    /// The full training step (two views, forward, loss, backward, LARS) on synthetic input;
+    /// scripts/bench/step.sh compares it with the same step in PyTorch.
+    Step(bench::step::StepArgs),
 }
 
 #[derive(Args)]
@@ -583,6 +588,7 @@ pub fn run() -> Result<ExitCode> {
             &augment,
         )
         .map(|_| done),
+        Command::Bench(BenchCommand::Step(args)) => bench::step::command(&args).map(|_| done),
         Command::Export {
             checkpoint,
             format,

@@ -201,13 +201,30 @@ impl From<DeviceChoice> for String {
     }
 }
 
-/// Numeric precision of the forward/backward pass; the loss is always computed in f32.
+/// Numeric precision of the forward/backward pass; the similarity matrix and the loss are
+/// always computed in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
+    /// Full f32 everywhere (the reference numerics).
     Fp32,
-    /// bf16 autocast (convolutions and matmuls in bf16, reductions in f32).
+    /// bf16 autocast (convolutions and matmuls in bf16, reductions in f32); bf16 has f32's
+    /// exponent range, so gradients need no loss scaling.
     Bf16,
+    /// fp16 autocast with dynamic loss scaling: fp16's narrow range would flush small
+    /// gradients to zero without it.
+    Fp16,
+}
+
+impl Precision {
+    /// The autocast dtype of the forward pass (`None`: no autocast).
+    pub fn autocast_dtype(self) -> Option<tch::Kind> {
+        match self {
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some(tch::Kind::BFloat16),
+            Precision::Fp16 => Some(tch::Kind::Half),
+        }
+    }
 }
 
 /// Settings a resumed run may change: its length, monitoring, checkpointing and hardware.

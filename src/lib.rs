@@ -5,6 +5,7 @@
 //! head g) -> [`objective`] (similarity and contrastive loss) -> [`optim`] (LARS, schedule) in
 //! the loop of [`train`], reported by [`logging`] (with [`tensorboard`] summaries and a
 //! [`projector`] export), saved by [`checkpoint`], watched by [`eval`], shipped by [`export`].
+//! One training step (forward, loss, backward, update) is [`step`], which [`bench`] measures.
 //! The binary's command line is [`cli`]; [`shim`] wraps the small C++ shim over libtorch.
 pub mod bench;
 pub mod checkpoint;
@@ -22,5 +23,6 @@ pub mod objective;
 pub mod optim;
 pub mod projector;
 pub mod shim;
+pub mod step;
 pub mod tensorboard;
 pub mod train;

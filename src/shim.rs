@@ -1,5 +1,6 @@
 //! Safe wrappers over the C++ shim (`src/csrc/*.cpp`): what tch does not expose (autocast
-//! dtype, version queries, and the concat similarity's memory-bounded autograd function).
+//! dtype, channels-last memory format, accelerator memory statistics, version queries, and the
+//! concat similarity's memory-bounded autograd function).
 //!
 //! Every shim call that can fail returns a heap-allocated C string (null on success); this
 //! module turns it into an `anyhow::Error` and frees it, so no C++ exception or raw pointer
@@ -17,6 +18,9 @@ extern "C" {
     fn simclr_nccl_version() -> i64;
     fn simclr_cudnn_version(out: *mut i64) -> *mut c_char;
     fn simclr_set_autocast(device_type: *const c_char, enabled: bool, dtype: c_int) -> *mut c_char;
+    fn simclr_clear_grad(t: *mut C_tensor) -> *mut c_char;
+    fn simclr_channels_last(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    fn simclr_accelerator_peak_memory(index: i64, reset: bool, out: *mut i64) -> *mut c_char;
     fn simclr_additive_scores(
         a: *const C_tensor,
         b: *const C_tensor,
@@ -109,6 +113,48 @@ pub fn with_autocast<T>(
     Ok(out)
 }
 
+/// Drops the gradient of `t`, so that the next backward pass stores its gradient rather than
+/// adding it to a zeroed one (PyTorch's `zero_grad(set_to_none=True)`, its default): a fill and
+/// an addition over every parameter less per step, and the same values (0 + g = g).
+pub fn clear_grad(t: &mut Tensor) -> Result<()> {
+    // SAFETY: `t` is a live tensor, borrowed mutably for the call.
+    check(
+        unsafe { simclr_clear_grad(t.as_mut_ptr()) },
+        "clearing a gradient",
+    )
+}
+
+/// `t` in channels-last (NHWC) memory order: same shape and values, strides of an NHWC
+/// layout, which cuDNN's convolutions (and their tensor-core kernels) read without transposing.
+/// A tensor already in that layout is returned as is (shared storage).
+///
+/// # Shapes
+/// `[B, C, H, W]` -> `[B, C, H, W]`; other ranks are refused.
+pub fn channels_last(t: &Tensor) -> Result<Tensor> {
+    if t.dim() != 4 {
+        bail!("channels-last needs a 4-D tensor, got shape {:?}", t.size());
+    }
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: `t` outlives the call; on success `out` is a new tensor we own.
+    check(
+        unsafe { simclr_channels_last(t.as_ptr(), &mut out) },
+        "channels-last copy",
+    )?;
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// The most bytes the caching allocator of accelerator `index` (a CUDA GPU) has held in
+/// tensors since the last reset, then (with `reset`) starts a new peak from the current use:
+/// the number `torch.cuda.max_memory_allocated` reports. Fails without an accelerator.
+pub fn accelerator_peak_memory(index: usize, reset: bool) -> Result<i64> {
+    let mut bytes = 0i64;
+    check(
+        unsafe { simclr_accelerator_peak_memory(index as i64, reset, &mut bytes) },
+        "reading accelerator memory statistics",
+    )?;
+    Ok(bytes)
+}
+
 /// The pairwise scores of the concat/additive similarity, S_ij = Σ_h w_h tanh(a_ih + b_jh),
 /// differentiable in `a`, `b` and `w` (`src/csrc/additive_similarity.cpp`). It works through
 /// blocks of anchor rows holding at most `chunk_elements` pre-activations each, and its backward
@@ -134,6 +180,17 @@ mod tests {
     #[test]
     fn versions_match_the_linked_libtorch() {
         assert!(torch_version().starts_with("2.11"), "{}", torch_version());
+    }
+
+    #[test]
+    fn channels_last_keeps_values_and_reorders_strides() -> Result<()> {
+        let x = Tensor::rand([2, 3, 4, 5], (Kind::Float, Device::Cpu));
+        let y = channels_last(&x)?;
+        assert_eq!(y.size(), x.size());
+        assert_eq!(y.stride(), [60, 1, 15, 3]); // NHWC: channels innermost
+        assert!(y.equal(&x));
+        assert!(channels_last(&x.flatten(0, 1)).is_err());
+        Ok(())
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! checkpoints and exports; a stop signal is agreed on at logging points, so that all ranks
 //! stop after the same step.
 use crate::checkpoint::{self, Checkpoint, Meta};
-use crate::config::{Config, Precision};
+use crate::config::Config;
 use crate::data::loader::{EvalTransform, LoaderConfig, TwoViewLoader};
 use crate::data::{self, preview, Dataset, Subset};
 use crate::dist::ddp::{self, GradientBuckets, BUCKET_BYTES};
@@ -26,7 +26,7 @@ use crate::logging::{epoch_bar, MetricsLogger};
 use crate::model::SimClr;
 use crate::objective::Objective;
 use crate::optim::{schedule::scaled_lr, Optimizer, Schedule};
-use crate::shim;
+use crate::step::{self, TrainStep};
 use crate::{projector, tensorboard};
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
@@ -88,7 +88,6 @@ pub fn run(
         .as_ref()
         .map_or((0, 1), |g| (g.rank(), g.world_size()));
     let lead = rank == 0; // the rank that evaluates, logs, checkpoints and exports
-    let autocast = (cfg.run.precision == Precision::Bf16).then_some(Kind::BFloat16);
     tch::manual_seed(cfg.run.seed as i64);
     if lead {
         prepare_run_dir(cfg, run_dir, resume.is_some())?;
@@ -131,7 +130,9 @@ pub fn run(
         model.synchronize_batch_norm(group);
     }
     let objective = Objective::new(&vs.root(), &cfg.objective, cfg.model.proj_dim);
+    step::prepare_for_device(&vs)?;
     let mut optimizer = Optimizer::new(&vs, &cfg.optim);
+    let mut train_step = TrainStep::new(&model, &objective, device, cfg.run.precision);
     let global_batch = cfg.run.batch_size * world_size;
     let schedule = Schedule {
         peak: scaled_lr(cfg.optim.lr, global_batch, cfg.optim.lr_scaling),
@@ -242,11 +243,10 @@ pub fn run(
             skipped_images += batch.skipped;
             let lr = schedule.lr(step);
 
-            // ---- forward: both views in one pass, so batch norm sees all 2N views (as the
-            // official code does); then the loss over the 2N projections, outside autocast, in f32
-            let [view1, view2] = batch.views;
-            let views = Tensor::cat(&[view1, view2], 0); // [2N, 3, S, S]
-            let (_h, z) = shim::with_autocast(device, autocast, || model.forward_t(&views, true))?;
+            // ---- forward: both views in one pass (batch norm sees all 2N views), under the
+            // run's autocast; then the loss over the 2N projections (against every rank's with
+            // global negatives), outside autocast, in f32
+            let z = train_step.project(&batch.views)?;
             if let Some(group) = &group {
                 group.check()?; // a synchronized batch norm's collective may have failed
             }
@@ -268,13 +268,13 @@ pub fn run(
                     step + 1
                 );
             } else {
-                optimizer.zero_grad();
-                out.loss.backward();
+                optimizer.zero_grad()?;
+                train_step.backward(&out.loss);
                 if let (Some(group), Some(buckets)) = (&group, &buckets) {
                     group.check()?; // collectives inside the backward pass
                     buckets.average_gradients(group)?;
                 }
-                optimizer.step(lr);
+                train_step.update(&mut optimizer, lr);
                 loss_sum += out.loss.detach();
                 epoch_updates += 1;
             }

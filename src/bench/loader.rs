@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use serde::Serialize;
 use tch::Device;
 
@@ -83,26 +83,11 @@ pub fn run(bench: &LoaderBench) -> Result<LoaderReport> {
         batches: bench.batches,
         images_per_sec: (bench.batches * bench.batch_size) as f64 / seconds.max(1e-9),
         seconds,
-        peak_rss_mib: peak_rss_mib().ok(),
+        peak_rss_mib: super::peak_memory(Device::Cpu)
+            .ok()
+            .map(|peak| peak.bytes as f64 / (1024.0 * 1024.0)),
         skipped_images: skipped,
     })
-}
-
-/// The process's peak resident set size from /proc/self/status (VmHWM), in MiB.
-pub fn peak_rss_mib() -> Result<f64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM in /proc/self/status")?;
-    let kib: f64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("VmHWM without a value")?
-        .parse()
-        .context("VmHWM value")?;
-    Ok(kib / 1024.0)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 // additive_similarity.cpp holds the chunked concat/additive similarity with its own backward.
 #include <torch/torch.h>
 #include <torch/version.h>
+#include <ATen/DeviceAccelerator.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 
@@ -67,6 +68,37 @@ char* simclr_set_autocast(const char* device_type, bool enabled, int dtype) {
   at::autocast::set_autocast_enabled(device, enabled);
   at::autocast::set_autocast_dtype(device, static_cast<at::ScalarType>(dtype));
   if (!enabled) at::autocast::clear_cache();
+  SHIM_CATCH
+}
+
+// A copy of `t` in channels-last (NHWC) memory order, the same shape and values; tensors that
+// already have that layout come back as themselves. cuDNN's convolutions run on NHWC natively,
+// which is what the tensor cores want.
+char* simclr_channels_last(const at::Tensor* t, at::Tensor** out) {
+  *out = nullptr;
+  SHIM_TRY
+  *out = new at::Tensor(t->contiguous(at::MemoryFormat::ChannelsLast));
+  SHIM_CATCH
+}
+
+// Drops the gradient of `t` (PyTorch's zero_grad(set_to_none=True)): the next backward pass
+// stores its gradient instead of adding it to a zeroed buffer, which saves a fill and an
+// addition over every parameter per step. tch can only zero a gradient in place.
+char* simclr_clear_grad(at::Tensor* t) {
+  SHIM_TRY
+  t->mutable_grad().reset();
+  SHIM_CATCH
+}
+
+// The accelerator's caching allocator: the peak of allocated bytes on device `index` since the
+// last reset (reset = true resets it after reading). Fails without an accelerator.
+char* simclr_accelerator_peak_memory(int64_t index, bool reset, int64_t* out) {
+  *out = 0;
+  SHIM_TRY
+  const auto device = static_cast<c10::DeviceIndex>(index);
+  const auto stats = at::accelerator::getDeviceStats(device);
+  *out = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  if (reset) at::accelerator::resetPeakStats(device);
   SHIM_CATCH
 }
 

@@ -156,7 +156,7 @@ pub fn finetune(
             let loss = represent(&x, true)
                 .apply(&classifier)
                 .cross_entropy_for_logits(&y);
-            optimizer.zero_grad();
+            optimizer.zero_grad()?;
             loss.backward();
             optimizer.step(schedule.lr(step));
             step += 1;

@@ -5,6 +5,7 @@
 //! (rank >= 2) are "regularised" (weight decay, and LARS adaptation); batch-norm weights and
 //! all biases (rank 1) are not — SimCLR, Appendix B.1.
 pub mod lars;
+pub mod loss_scale;
 pub mod schedule;
 
 use anyhow::{bail, Context, Result};
@@ -144,11 +145,24 @@ impl Optimizer {
             .collect()
     }
 
-    /// Clears every gradient before the next backward pass.
-    pub fn zero_grad(&mut self) {
+    /// Clears every gradient before the next backward pass: drops it (as PyTorch's
+    /// `zero_grad()` does) rather than filling it with zeros, so backward writes the new one
+    /// directly; a parameter that gets no gradient is then skipped by [`Optimizer::step`].
+    pub fn zero_grad(&mut self) -> Result<()> {
         for p in &mut self.params {
-            p.tensor.zero_grad();
+            crate::shim::clear_grad(&mut p.tensor)?;
         }
+        Ok(())
+    }
+
+    /// The gradients of the last backward pass (shared storage: changing them in place changes
+    /// what the next [`Optimizer::step`] sees), e.g. for unscaling an fp16 backward.
+    pub fn gradients(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|p| p.tensor.grad())
+            .filter(Tensor::defined)
+            .collect()
     }
 
     /// Applies one update with learning rate `lr` from the gradients of the last backward.
@@ -295,6 +309,50 @@ mod tests {
                 assert_eq!(moved, regularized, "{optimizer:?}: {name} moved={moved}");
             }
         }
+    }
+
+    /// Dropping gradients between steps gives exactly the updates that zeroing them gave
+    /// (0 + g = g), bit for bit, so runs from before the change reproduce.
+    #[test]
+    fn dropped_gradients_update_like_zeroed_ones() -> Result<()> {
+        // Weights and inputs from a formula, not the global RNG that parallel tests share.
+        let wave = |shape: &[i64], phase: f64| {
+            let n: i64 = shape.iter().product();
+            (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 0.37 + phase)
+                .sin()
+                .view(shape)
+        };
+        let train = |drop: bool| -> Result<Vec<Tensor>> {
+            let vs = VarStore::new(Device::Cpu);
+            let (conv, bn, fc) = tiny_model(&vs);
+            let mut vars = vs.variables().into_iter().collect::<Vec<_>>();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            for (i, (_, t)) in vars.iter_mut().enumerate() {
+                tch::no_grad(|| t.copy_(&wave(&t.size(), i as f64)));
+            }
+            let mut opt = Optimizer::new(&vs, &OptimConfig::default());
+            for step in 0..3 {
+                let x = wave(&[4, 3, 5, 5], 10.0 * step as f64);
+                let y = x
+                    .apply(&conv)
+                    .apply_t(&bn, true)
+                    .mean_dim(&[2i64, 3][..], false, Kind::Float)
+                    .apply(&fc);
+                if drop {
+                    opt.zero_grad()?;
+                } else {
+                    opt.params.iter_mut().for_each(|p| p.tensor.zero_grad());
+                }
+                y.square().sum(Kind::Float).backward();
+                opt.step(0.5);
+            }
+            Ok(vars.into_iter().map(|(_, t)| t).collect())
+        };
+        let (dropped, zeroed) = (train(true)?, train(false)?);
+        for (a, b) in dropped.iter().zip(&zeroed) {
+            assert!(a.equal(b));
+        }
+        Ok(())
     }
 
     #[test]
