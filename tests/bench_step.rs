@@ -1,7 +1,7 @@
 //! `simclr bench step`: its report, and that `scripts/bench/step_pytorch.py` benchmarks the
 //! same network (equal parameter counts for both stems and both block types).
 mod common;
-use common::{last_json, python, run, run_ok};
+use common::{last_json, python_ok, run, run_ok};
 
 const TINY: [&str; 8] = [
     "--width",
@@ -26,17 +26,7 @@ fn rust_and_pytorch_steps_report_the_same_network() {
         let rust = last_json(&run_ok(
             &[&["bench", "step", "--json"], &flags[..]].concat(),
         ));
-        let pytorch = python()
-            .arg(script)
-            .args(&flags)
-            .output()
-            .expect("python runs");
-        assert!(
-            pytorch.status.success(),
-            "{}",
-            String::from_utf8_lossy(&pytorch.stderr)
-        );
-        let pytorch = last_json(&pytorch);
+        let pytorch = last_json(&python_ok(&[&[script], &flags[..]].concat()));
         assert_eq!(rust["parameters"], pytorch["parameters"], "{arch}");
         for report in [&rust, &pytorch] {
             assert!(

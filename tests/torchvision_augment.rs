@@ -274,16 +274,7 @@ fn every_op_agrees_with_torchvision_within_2_levels() {
     std::fs::write(dir.path().join("cases.json"), spec.to_string()).expect("cases.json");
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/torchvision_augment.py");
-    let out = common::python()
-        .arg(&script)
-        .arg(dir.path())
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "reference script failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::python_ok(&[script.as_os_str(), dir.path().as_os_str()]);
 
     // The largest difference per op family, and the case where it occurred.
     let mut worst: BTreeMap<String, (f32, String)> = BTreeMap::new();

@@ -46,19 +46,22 @@ pub fn python() -> Command {
     Command::new(python)
 }
 
-/// Runs a Python snippet with arguments and returns its stdout, failing the test on error.
-pub fn python_output(code: &str, args: &[&str]) -> String {
-    let out = python()
-        .arg("-c")
-        .arg(code)
-        .args(args)
-        .output()
-        .expect("python runs");
+/// Runs the venv's Python with `args` (a script and its arguments, or `-c CODE ...`), failing
+/// the test, with its stderr, unless it succeeds.
+pub fn python_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    let out = python().args(args).output().expect("python runs");
     assert!(
         out.status.success(),
-        "python failed:\n{}",
+        "python {:?} failed:\n{}",
+        args.first().map(|a| a.as_ref().to_os_string()),
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// Runs a Python snippet with arguments and returns its stdout, failing the test on error.
+pub fn python_output(code: &str, args: &[&str]) -> String {
+    let out = python_ok(&[&["-c", code], args].concat());
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
