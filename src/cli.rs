@@ -332,6 +332,10 @@ struct TrainArgs {
     /// Also write last.pt every N steps inside epochs, 0 = only at epoch ends [default: 0].
     #[arg(long, group = "overrides")]
     ckpt_every_steps: Option<usize>,
+    /// Standardise inputs with ImageNet's channel mean/std inside the encoder (encoder.pt still
+    /// takes RGB in [0, 1]; safetensors weights then expect normalised inputs) [default: false].
+    #[arg(long, group = "overrides")]
+    normalize_input: bool,
     /// Skip the update of a step whose loss is NaN/Inf (counted as train/skipped_steps) instead
     /// of stopping the run; reads the loss back every step [default: false].
     #[arg(long, group = "overrides")]
@@ -434,6 +438,7 @@ impl TrainArgs {
         set(&mut cfg.run.checkpoint_every_steps, &self.ckpt_every_steps);
         set(&mut cfg.run.keep_last, &self.keep_last);
         cfg.run.skip_nonfinite |= self.skip_nonfinite;
+        cfg.model.normalize_input |= self.normalize_input;
         set(&mut cfg.run.device, &self.device);
         set(&mut cfg.run.precision, &self.precision);
         self.augment.apply(&mut cfg.data.augment);

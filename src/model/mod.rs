@@ -49,6 +49,11 @@ pub struct ModelConfig {
     /// Batch norm on every head layer, the last one included, without bias before it
     /// (SimCLRv2's head; false: SimCLRv1's, whose last layer is a plain Linear).
     pub head_bn: bool,
+    /// Standardise the input with ImageNet's channel mean and std as the encoder's first step
+    /// (for weights meant for torchvision-style normalised pipelines). Inside the encoder, so
+    /// the loader, every evaluation and the exported `encoder.pt` all still take RGB in [0, 1].
+    /// Off by default, as in the official code.
+    pub normalize_input: bool,
 }
 
 impl Default for ModelConfig {
@@ -61,6 +66,7 @@ impl Default for ModelConfig {
             head_hidden: None,
             proj_dim: 128,
             head_bn: false,
+            normalize_input: false,
         }
     }
 }
@@ -184,6 +190,25 @@ mod tests {
         let x = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu));
         let (h, _) = model.forward_t(&x, false);
         assert_eq!(h.size(), [2, 64]);
+    }
+
+    #[test]
+    fn normalize_input_standardises_inside_the_encoder() {
+        let (plain_vs, plain) = build(Arch::Resnet18, 32);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            width: 0.125,
+            normalize_input: true,
+            ..Default::default()
+        };
+        let normalizing = SimClr::new(&vs.root(), &cfg, 32);
+        vs.copy(&plain_vs).expect("same variables");
+        let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let channel = |v: [f32; 3]| Tensor::from_slice(&v).view([1, 3, 1, 1]);
+        let by_hand = (&x - channel(resnet::IMAGENET_MEAN)) / channel(resnet::IMAGENET_STD);
+        let h = normalizing.encoder.forward_t(&x, false);
+        assert!(h.allclose(&plain.encoder.forward_t(&by_hand, false), 1e-6, 1e-6, false));
+        assert!(!h.allclose(&plain.encoder.forward_t(&x, false), 1e-3, 1e-3, false));
     }
 
     #[test]

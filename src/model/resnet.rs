@@ -101,9 +101,16 @@ impl ModuleT for Block {
     }
 }
 
+/// ImageNet's per-channel mean of RGB in [0, 1] (torchvision's `Normalize` constants).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet's per-channel standard deviation of RGB in [0, 1].
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
 /// A headless ResNet: the encoder f that maps an image to its representation h.
 #[derive(Debug)]
 pub struct ResNet {
+    /// Channel mean and std `[1, 3, 1, 1]` to standardise the input with, if configured.
+    input_norm: Option<(Tensor, Tensor)>,
     conv1: nn::Conv2D,
     bn1: BatchNorm,
     max_pool: bool,
@@ -155,7 +162,16 @@ impl ResNet {
                 .collect();
             layers.push(layer);
         }
+        let input_norm = cfg.normalize_input.then(|| {
+            let channels = |v: [f32; 3]| {
+                Tensor::from_slice(&v)
+                    .view([1, 3, 1, 1])
+                    .to_device(p.device())
+            };
+            (channels(IMAGENET_MEAN), channels(IMAGENET_STD))
+        });
         ResNet {
+            input_norm,
             conv1,
             bn1,
             max_pool: !cifar_stem,
@@ -182,6 +198,14 @@ impl ResNet {
 impl ModuleT for ResNet {
     /// `[B, 3, S, S]` -> h `[B, out_dim]`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let normalized;
+        let xs = match &self.input_norm {
+            Some((mean, std)) => {
+                normalized = (xs - mean) / std;
+                &normalized
+            }
+            None => xs,
+        };
         let mut ys = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
         if self.max_pool {
             ys = ys.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
