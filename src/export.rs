@@ -45,14 +45,48 @@ pub fn torchscript(
             })
             .context("tracing the encoder")?;
         module.to(Device::Cpu, Kind::Float, false);
+        // libtorch's file writer aborts the process when a write fails (a full disk), so the
+        // space is checked first; the file is written beside `path` and renamed over it.
+        let weights: usize = vs.variables().values().map(|t| t.numel() * 4).sum();
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        ensure_free_space(dir, weights as u64 + (8 << 20))?;
+        let tmp = path.with_extension("pt.tmp");
         module
-            .save(path)
-            .with_context(|| format!("writing TorchScript encoder {}", path.display()))
+            .save(&tmp)
+            .with_context(|| format!("writing TorchScript encoder {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
     });
     // Only now: the module's constants are the var store's tensors themselves, and a
     // constant that requires grad cannot be serialised.
     vs.unfreeze();
     saved
+}
+
+/// Fails, naming `dir`, when its file system has less than `needed` bytes free for this user
+/// (where the free space cannot be read, it is not checked).
+fn ensure_free_space(dir: &Path, needed: u64) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: statvfs only writes the struct it is given; `c_dir` is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_dir.as_ptr(), &mut stat) } != 0 {
+        return Ok(());
+    }
+    let free = stat.f_bavail as u64 * stat.f_frsize as u64;
+    anyhow::ensure!(
+        free >= needed,
+        "not enough space in {} to export the encoder: about {} MiB needed, {} MiB free",
+        dir.display(),
+        needed >> 20,
+        free >> 20
+    );
+    Ok(())
 }
 
 /// Writes the encoder's weights and batch-norm statistics, named as torchvision names them
@@ -79,6 +113,19 @@ pub fn safetensors(vs: &VarStore, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_space_is_checked_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_free_space(dir.path(), 1).is_ok());
+        let err = ensure_free_space(dir.path(), u64::MAX / 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not enough space") && err.contains("MiB free"),
+            "{err}"
+        );
+    }
     use crate::model::{ModelConfig, SimClr};
 
     /// The traced module reproduces the Rust forward, of the encoder (K = 0) and up to each
