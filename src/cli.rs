@@ -241,7 +241,8 @@ struct TrainArgs {
     /// Run directory [default: runs/<date>-<time>].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Dataset: synthetic (built in) [default: synthetic].
+    /// Dataset: synthetic (built in), cifar10:DIR, cifar100:DIR, stl10:DIR or folder:DIR
+    /// [default: synthetic].
     #[arg(long, group = "overrides")]
     data: Option<DataSpec>,
     /// Encoder architecture [default: resnet18].
