@@ -7,6 +7,7 @@
 //! [`projector`] export), saved by [`checkpoint`], watched by [`eval`], shipped by [`export`].
 //! One training step (forward, loss, backward, update) is [`step`], which [`bench`] measures.
 //! The binary's command line is [`cli`]; [`shim`] wraps the small C++ shim over libtorch.
+pub mod allocator;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;

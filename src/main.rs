@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    simclr::allocator::keep_freed_tensor_memory();
     match simclr::cli::run() {
         Ok(code) => code,
         Err(err) => {
