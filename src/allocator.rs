@@ -8,7 +8,7 @@
 //! blocks in the heap, where freed memory is reused by the next step. The cost is that the
 //! process keeps its peak heap instead of returning it between steps, which is what a training
 //! process wants anyway. (PyTorch users get the same effect with `MALLOC_MMAP_THRESHOLD_` or by
-//! preloading jemalloc/tcmalloc; `scripts/bench/step.sh` reports PyTorch both ways.)
+//! preloading jemalloc/tcmalloc; README's Performance section compares the steps both ways.)
 
 /// Largest block the heap serves; larger ones are still mapped directly (1 GiB).
 const MMAP_THRESHOLD: i32 = 1 << 30;
