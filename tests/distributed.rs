@@ -94,17 +94,24 @@ fn two_ranks_train_as_one_process_with_the_global_batch() {
     }
 }
 
-/// SIGKILL of one worker mid-run: the launcher stops the other one and exits non-zero within a
-/// bounded time, naming the dead rank, and no worker process is left.
-#[test]
-fn a_killed_worker_stops_the_launch() {
+/// How a launch ended after one of its workers was sent a signal.
+struct Stopped {
+    status: std::process::ExitStatus,
+    log: String,
+    pids: Vec<i32>,
+    seconds: f64,
+}
+
+/// Launches 2 CPU workers with `--dist-timeout timeout`, sends `signal` to rank 1 after the
+/// first step, and waits (at most 60 s) for the launcher to exit.
+fn signal_worker_1(name: &str, signal: i32, timeout: &str) -> Stopped {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let dir = run_dir(&tmp, "killed");
+    let dir = run_dir(&tmp, name);
     let flags = five_steps(
         &dir,
         4,
         100,
-        &["--nproc-per-node", "2", "--dist-timeout", "30"],
+        &["--nproc-per-node", "2", "--dist-timeout", timeout],
     );
     let mut launcher = simclr()
         .args(&flags)
@@ -131,24 +138,53 @@ fn a_killed_worker_stops_the_launch() {
         line.clear();
     }
     assert_eq!(pids.len(), 2, "{log}");
-    let killed = Instant::now();
-    unsafe { libc::kill(pids[1], libc::SIGKILL) };
+    let signalled = Instant::now();
+    unsafe { libc::kill(pids[1], signal) };
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = launcher.try_wait().expect("wait") {
             break status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the launcher still runs 60 s after the kill"
-        );
+        if Instant::now() >= deadline {
+            let _ = launcher.kill();
+            pids.iter().for_each(|&pid| unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            });
+            panic!("the launcher still runs 60 s after the signal:\n{log}");
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).expect("stderr");
     log += &rest;
-    assert!(!status.success(), "{log}");
+    Stopped {
+        status,
+        log,
+        pids,
+        seconds: signalled.elapsed().as_secs_f64(),
+    }
+}
+
+/// Every worker process is gone (and reaped).
+fn assert_no_worker_left(pids: &[i32]) {
+    for &pid in pids {
+        // kill(pid, 0) fails with ESRCH once the process is gone (and reaped).
+        assert_eq!(
+            unsafe { libc::kill(pid, 0) },
+            -1,
+            "worker {pid} is still alive"
+        );
+    }
+}
+
+/// SIGKILL of one worker mid-run: the launcher stops the other one and exits non-zero within a
+/// bounded time, naming the dead rank, and no worker process is left.
+#[test]
+fn a_killed_worker_stops_the_launch() {
+    let end = signal_worker_1("killed", libc::SIGKILL, "30");
+    let log = &end.log;
+    assert!(!end.status.success(), "{log}");
     assert!(
         log.contains("worker rank 1 (pid") && log.contains("was killed by signal 9"),
         "{log}"
@@ -157,16 +193,27 @@ fn a_killed_worker_stops_the_launch() {
         log.contains("worker rank 0 exited with code") || log.contains("worker rank 0 was killed"),
         "rank 0's end is reported:\n{log}"
     );
-    for pid in pids {
-        // kill(pid, 0) fails with ESRCH once the process is gone (and reaped).
-        assert_eq!(
-            unsafe { libc::kill(pid, 0) },
-            -1,
-            "worker {pid} is still alive"
-        );
-    }
-    eprintln!(
-        "launcher exited {:.1}s after the kill",
-        killed.elapsed().as_secs_f64()
+    assert_no_worker_left(&end.pids);
+    eprintln!("launcher exited {:.1}s after the kill", end.seconds);
+}
+
+/// A worker that hangs (SIGSTOP) mid-run: the other one's next collective times out after
+/// `--dist-timeout`, it exits non-zero naming its rank and the timeout, and the launcher stops
+/// the hung one (SIGKILL reaches a stopped process) and exits non-zero.
+#[test]
+fn a_hung_worker_times_the_launch_out() {
+    let end = signal_worker_1("hung", libc::SIGSTOP, "5");
+    let log = &end.log;
+    assert!(!end.status.success(), "{log}");
+    assert!(
+        log.contains("rank 0 of 2") && log.contains("timed out"),
+        "rank 0 reports the timeout:\n{log}"
     );
+    assert!(
+        end.seconds >= 5.0,
+        "stopped before the timeout: {:.1}s",
+        end.seconds
+    );
+    assert_no_worker_left(&end.pids);
+    eprintln!("launcher exited {:.1}s after the stop", end.seconds);
 }
