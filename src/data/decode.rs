@@ -10,7 +10,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use image::{ImageReader, Limits};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
 /// Largest accepted image, in pixels: PIL's own decompression-bomb limit
 /// (`Image.MAX_IMAGE_PIXELS`, about 89 megapixels, e.g. 10,000 x 8,900).
@@ -34,31 +34,32 @@ pub fn read_rgb(path: &Path) -> Result<Rgb> {
 /// [`MAX_IMAGE_PIXELS`] before decoding their pixels.
 pub fn decode_rgb(bytes: &[u8]) -> Result<Rgb> {
     ensure!(!bytes.is_empty(), "empty file");
-    let reader = || -> Result<ImageReader<Cursor<&[u8]>>> {
-        let reader = ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .context("reading the header")?;
-        ensure!(
-            reader.format().is_some(),
-            "not a JPEG or PNG image (unrecognised header)"
-        );
-        Ok(reader)
-    };
-    let (w, h) = reader()?
-        .into_dimensions()
-        .context("reading the image size")?;
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .context("reading the header")?;
+    ensure!(
+        reader.format().is_some(),
+        "not a JPEG or PNG image (unrecognised header)"
+    );
+    // The header is read once; the size check comes before any pixel buffer exists.
+    reader.no_limits();
+    let mut decoder = reader.into_decoder().context("reading the image size")?;
+    let (w, h) = decoder.dimensions();
     let pixels = u64::from(w) * u64::from(h);
     ensure!(
         pixels <= MAX_IMAGE_PIXELS,
         "{w}x{h} image has {pixels} pixels, above the limit of {MAX_IMAGE_PIXELS} (a decompression bomb?)"
     );
     ensure!(pixels > 0, "{w}x{h} image has no pixels");
-    let mut reader = reader()?;
     let mut limits = Limits::default();
     // Room for the decoder's own buffers at 16 bits x 4 channels, no more.
     limits.max_alloc = Some(pixels * 8 + (1 << 20));
-    reader.limits(limits);
-    let rgb = reader.decode().context("decoding the pixels")?.into_rgb8();
+    decoder
+        .set_limits(limits)
+        .context("setting decoder limits")?;
+    let rgb = DynamicImage::from_decoder(decoder)
+        .context("decoding the pixels")?
+        .into_rgb8();
     Ok(Rgb {
         height: rgb.height() as usize,
         width: rgb.width() as usize,

@@ -447,34 +447,33 @@ pub fn eval_batches<'a>(
     let bytes = image_size * image_size * 3;
     (0..set.len()).step_by(batch_size).map(move |start| {
         let end = (start + batch_size).min(set.len());
-        let rendered: Vec<Option<Vec<u8>>> = (start..end)
-            .into_par_iter()
-            .map(|i| match set.image(i) {
+        // Rendered in place; the rows of unreadable images are dropped afterwards.
+        let mut pixels = vec![0u8; (end - start) * bytes];
+        let readable: Vec<bool> = pixels
+            .par_chunks_mut(bytes)
+            .zip(start..end)
+            .map(|(out, i)| match set.image(i) {
                 Ok(image) => {
-                    let mut out = vec![0u8; bytes];
                     let (h, w) = (image.height, image.width);
                     let filter = ResizeFilter::Bilinear;
-                    augment::eval_view(
-                        &image.pixels,
-                        h,
-                        w,
-                        image_size,
-                        crop_fraction,
-                        filter,
-                        &mut out,
-                    );
-                    Some(out)
+                    augment::eval_view(&image.pixels, h, w, image_size, crop_fraction, filter, out);
+                    true
                 }
                 Err(e) => {
                     eprintln!("warning: left out of evaluation: {e:#}");
-                    None
+                    false
                 }
             })
             .collect();
-        let indices: Vec<usize> = (start..end)
-            .filter(|&i| rendered[i - start].is_some())
-            .collect();
-        let pixels: Vec<u8> = rendered.into_iter().flatten().flatten().collect();
+        let indices: Vec<usize> = (start..end).filter(|&i| readable[i - start]).collect();
+        if indices.len() < end - start {
+            pixels = pixels
+                .chunks_exact(bytes)
+                .zip(&readable)
+                .filter(|(_, &ok)| ok)
+                .flat_map(|(row, _)| row.iter().copied())
+                .collect();
+        }
         let labels: Vec<i64> = indices.iter().map(|&i| set.label(i)).collect();
         let s = image_size as i64;
         let host = Tensor::from_slice(&pixels).view([indices.len() as i64, s, s, 3]);
