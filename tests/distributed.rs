@@ -206,7 +206,7 @@ fn a_hung_worker_times_the_launch_out() {
     let log = &end.log;
     assert!(!end.status.success(), "{log}");
     assert!(
-        log.contains("rank 0 of 2") && log.contains("timed out"),
+        log.contains("rank 0 of 2") && log.contains("s timeout"),
         "rank 0 reports the timeout:\n{log}"
     );
     assert!(
